@@ -1,0 +1,278 @@
+"""Tests of the Nadaraya–Watson core against independent references."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from kaf.estimators import KERNELS, nadaraya_watson
+
+
+def slow_nw(z, z_ref, y_ref, h, kernel="gaussian", query_ids=None, ref_ids=None):
+    """The obvious double loop in float64 numpy: the independent reference."""
+    z, z_ref, y_ref = (np.asarray(t, dtype=np.float64) for t in (z, z_ref, y_ref))
+    n, k = z.shape
+    h = np.broadcast_to(np.asarray(h, dtype=np.float64), (k,))
+    kern = {
+        "gaussian": lambda u: math.exp(-u * u / 2) / math.sqrt(2 * math.pi),
+        "epanechnikov": lambda u: 0.75 * (1 - u * u) if abs(u) <= 1 else 0.0,
+        "triangular": lambda u: 1 - abs(u) if abs(u) <= 1 else 0.0,
+        "uniform": lambda u: 0.5 if abs(u) <= 1 else 0.0,
+    }[kernel]
+    out = np.zeros((n, k))
+    for i in range(n):
+        for c in range(k):
+            num = den = 0.0
+            for j in range(z_ref.shape[0]):
+                if query_ids is not None and query_ids[i] == ref_ids[j]:
+                    continue
+                w = kern((z_ref[j, c] - z[i, c]) / h[c])
+                num += w * y_ref[j, c]
+                den += w
+            out[i, c] = num / den
+    return out
+
+
+def data(n=7, m=9, k=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, k, generator=g, dtype=dtype)
+    z_ref = torch.randn(m, k, generator=g, dtype=dtype)
+    y_ref = torch.rand(m, k, generator=g, dtype=dtype)
+    return z, z_ref, y_ref
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_matches_slow_loop(kernel):
+    z, z_ref, y_ref = data()
+    h = 2.5 if kernel != "gaussian" else 0.7  # wide enough that every compact window holds points
+    out = nadaraya_watson(z, z_ref, y_ref, h, kernel=kernel)
+    np.testing.assert_allclose(out.numpy(), slow_nw(z, z_ref, y_ref, h, kernel), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_leave_one_out_matches_slow_loop(kernel):
+    z_ref = data(m=9)[1]
+    y_ref = data(m=9)[2]
+    z = z_ref[2:7] + 0.01  # queries are calc points 2..6
+    qid = torch.arange(2, 7)
+    rid = torch.arange(9)
+    h = torch.tensor([0.8, 1.3], dtype=torch.float64) if kernel == "gaussian" else 3.0
+    out = nadaraya_watson(z, z_ref, y_ref, h, kernel=kernel, query_ids=qid, ref_ids=rid)
+    ref = slow_nw(z, z_ref, y_ref, h.numpy() if torch.is_tensor(h) else h, kernel, qid.tolist(), rid.tolist())
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_matches_statsmodels_kernelreg():
+    from statsmodels.nonparametric.kernel_regression import KernelReg
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=80)
+    y = np.sin(x) + 0.1 * rng.normal(size=80)
+    xq = np.linspace(-2, 2, 25)
+    h = 0.35
+    sm = KernelReg(y, x, var_type="c", reg_type="lc", bw=[h]).fit(xq)[0]
+    ours = nadaraya_watson(
+        torch.tensor(xq).unsqueeze(1), torch.tensor(x).unsqueeze(1), torch.tensor(y).unsqueeze(1), h
+    )
+    np.testing.assert_allclose(ours[:, 0].numpy(), sm, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_gradcheck_gaussian(chunk_size, with_ids):
+    z, z_ref, y_ref = data(n=5, m=6, k=2)
+    h = torch.tensor([0.9, 1.4], dtype=torch.float64, requires_grad=True)
+    for t in (z, z_ref, y_ref):
+        t.requires_grad_(True)
+    kw = {}
+    if with_ids:
+        kw = dict(query_ids=torch.tensor([0, 1, 7, 3, 9]), ref_ids=torch.arange(6))
+    f = lambda a, b, c, d: nadaraya_watson(a, b, c, d, chunk_size=chunk_size, **kw)
+    assert torch.autograd.gradcheck(f, (z, z_ref, y_ref, h))
+
+
+def test_gradcheck_scalar_bandwidth():
+    z, z_ref, y_ref = data(n=4, m=5, k=3)
+    h = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
+    z.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, d: nadaraya_watson(a, z_ref, y_ref, d), (z, h))
+
+
+@pytest.mark.parametrize("kernel", ["epanechnikov", "triangular"])
+def test_gradcheck_compact(kernel):
+    z, z_ref, y_ref = data(n=4, m=6, k=2, seed=5)
+    h = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    for t in (z, z_ref, y_ref):
+        t.requires_grad_(True)
+    f = lambda a, b, c, d: nadaraya_watson(a, b, c, d, kernel=kernel)
+    assert torch.autograd.gradcheck(f, (z, z_ref, y_ref, h))
+
+
+def test_chunked_equals_unchunked_values_and_grads():
+    z, z_ref, y_ref = data(n=23, m=17, k=3, dtype=torch.float32)
+    qid, rid = torch.arange(23), torch.arange(5, 22)
+    results = []
+    for chunk in (None, 4):
+        zz, zr, yr = (t.clone().requires_grad_(True) for t in (z, z_ref, y_ref))
+        h = torch.tensor(0.8, requires_grad=True)
+        out = nadaraya_watson(zz, zr, yr, h, query_ids=qid, ref_ids=rid, chunk_size=chunk)
+        (out * torch.linspace(-1, 1, 3)).sum().backward()
+        results.append([out.detach(), zz.grad, zr.grad, yr.grad, h.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_gradients_match_plain_autograd_float32():
+    # The hand-written backward against autograd through the obvious formula.
+    z, z_ref, y_ref = data(n=30, m=40, k=2, dtype=torch.float32, seed=9)
+    h0 = torch.tensor([0.6, 1.7])
+    grads = []
+    for fast in (True, False):
+        zz, zr, yr = (t.clone().requires_grad_(True) for t in (z, z_ref, y_ref))
+        h = h0.clone().requires_grad_(True)
+        if fast:
+            out = nadaraya_watson(zz, zr, yr, h)
+        else:
+            logw = -((zr.unsqueeze(0) - zz.unsqueeze(1)) / h).square() / 2
+            w = torch.softmax(logw, dim=1)
+            out = (w * yr.unsqueeze(0)).sum(1)
+        out.pow(2).sum().backward()
+        grads.append([out.detach(), zz.grad, zr.grad, yr.grad, h.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- properties
+
+finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    zq=arrays(np.float64, (4, 2), elements=finite),
+    zr=arrays(np.float64, (6, 2), elements=finite),
+    yr=arrays(np.float64, (6, 2), elements=finite),
+    h=st.floats(0.01, 100),
+    kernel=st.sampled_from(KERNELS),
+)
+def test_output_within_target_range(zq, zr, yr, h, kernel):
+    out = nadaraya_watson(torch.tensor(zq), torch.tensor(zr), torch.tensor(yr), h, kernel=kernel)
+    assert torch.isfinite(out).all()
+    lo, hi = yr.min(0), yr.max(0)
+    assert (out.numpy() >= lo - 1e-9 * (1 + abs(lo))).all() and (out.numpy() <= hi + 1e-9 * (1 + abs(hi))).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), kernel=st.sampled_from(KERNELS))
+def test_permuting_the_reference_set_changes_nothing(seed, kernel):
+    z, z_ref, y_ref = data(n=5, m=8, k=2, seed=seed)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
+    rid = torch.arange(8)
+    qid = torch.tensor([0, 3, 8, 9, 5])
+    a = nadaraya_watson(z, z_ref, y_ref, 1.5, kernel=kernel, query_ids=qid, ref_ids=rid)
+    b = nadaraya_watson(z, z_ref[perm], y_ref[perm], 1.5, kernel=kernel, query_ids=qid, ref_ids=rid[perm])
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), new_y=st.floats(-1e3, 1e3), new_z=st.floats(-5, 5))
+def test_left_out_pair_has_no_influence(seed, new_y, new_z):
+    z, z_ref, y_ref = data(n=1, m=6, k=1, seed=seed)
+    qid, rid = torch.tensor([2]), torch.arange(6)
+    before = nadaraya_watson(z, z_ref, y_ref, 0.9, query_ids=qid, ref_ids=rid)
+    z_ref2, y_ref2 = z_ref.clone(), y_ref.clone()
+    z_ref2[2], y_ref2[2] = new_z, new_y
+    after = nadaraya_watson(z, z_ref2, y_ref2, 0.9, query_ids=qid, ref_ids=rid)
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+def test_huge_bandwidth_gives_leave_one_out_mean():
+    z, z_ref, y_ref = data(n=6, m=6, k=2)
+    ids = torch.arange(6)
+    out = nadaraya_watson(z_ref, z_ref, y_ref, 1e6, query_ids=ids, ref_ids=ids)
+    loo_mean = (y_ref.sum(0, keepdim=True) - y_ref) / 5
+    torch.testing.assert_close(out, loo_mean, rtol=1e-9, atol=1e-9)
+    for kernel in ("epanechnikov", "triangular", "uniform"):
+        out = nadaraya_watson(z_ref, z_ref, y_ref, 1e6, kernel=kernel, query_ids=ids, ref_ids=ids)
+        torch.testing.assert_close(out, loo_mean, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_tiny_bandwidth_gives_nearest_neighbour(kernel):
+    z, z_ref, y_ref = data(n=10, m=12, k=2, seed=4)
+    out = nadaraya_watson(z, z_ref, y_ref, 1e-4, kernel=kernel)
+    nearest = (z_ref.unsqueeze(0) - z.unsqueeze(1)).abs().argmin(1)  # (n, k)
+    torch.testing.assert_close(out, torch.gather(y_ref, 0, nearest))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_far_apart_indices_are_finite(dtype, kernel):
+    z_ref = torch.tensor([[0.0], [1.0], [1e6]], dtype=dtype)
+    y_ref = torch.tensor([[1.0], [2.0], [3.0]], dtype=dtype)
+    z = torch.tensor([[-1e6], [5e5 + 1], [2e6], [0.2]], dtype=dtype, requires_grad=True)
+    h = torch.tensor(0.5, dtype=dtype, requires_grad=True)
+    out = nadaraya_watson(z, z_ref, y_ref, h, kernel=kernel)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:3, 0], torch.tensor([1.0, 3.0, 3.0], dtype=dtype))
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all() and torch.isfinite(h.grad).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(z=torch.zeros(3)), "z must be a 2-D"),
+        (dict(z_ref=torch.zeros(4, 3)), "z_ref must have shape"),
+        (dict(y_ref=torch.zeros(5, 2)), "y_ref must have the shape"),
+        (dict(h=0.0), "h must be finite and > 0"),
+        (dict(h=-1.0), "h must be finite and > 0"),
+        (dict(h=float("nan")), "h must be finite"),
+        (dict(h=torch.ones(3)), "h must be a scalar or a tensor of shape"),
+        (dict(z_ref=torch.zeros(0, 2), y_ref=torch.zeros(0, 2)), "empty reference set"),
+        (dict(z=torch.tensor([[0.0, float("nan")]])), "z contains non-finite"),
+        (dict(y_ref=torch.full((4, 2), float("inf"))), "y_ref contains non-finite"),
+        (dict(kernel="cosine"), "kernel must be one of"),
+        (dict(query_ids=torch.arange(2)), "given together"),
+        (dict(query_ids=torch.arange(2), ref_ids=torch.arange(4)), "query_ids must be a 1-D tensor of length 3"),
+        (dict(query_ids=torch.arange(3), ref_ids=torch.arange(5)), "ref_ids must be a 1-D tensor of length 4"),
+        (dict(query_ids=torch.zeros(3), ref_ids=torch.arange(4)), "integer ids"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(z=torch.zeros(3, 2, dtype=torch.float64)), "one dtype"),
+        (dict(z=torch.zeros(3, 2, dtype=torch.long)), "floating-point"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, match):
+    args = dict(z=torch.zeros(3, 2), z_ref=torch.randn(4, 2), y_ref=torch.rand(4, 2), h=1.0)
+    args.update(kwargs)
+    extra = {key: args.pop(key) for key in ("kernel", "query_ids", "ref_ids", "chunk_size") if key in args}
+    with pytest.raises(ValueError, match=match):
+        nadaraya_watson(args["z"], args["z_ref"], args["y_ref"], args["h"], **extra)
+
+
+def test_query_with_nothing_left_is_an_error():
+    with pytest.raises(ValueError, match="no reference point left"):
+        nadaraya_watson(
+            torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), 1.0,
+            query_ids=torch.tensor([4]), ref_ids=torch.tensor([4]),
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_cuda_matches_cpu(kernel):
+    z, z_ref, y_ref = data(n=50, m=40, k=3, dtype=torch.float32)
+    qid, rid = torch.arange(50), torch.arange(40)
+    cpu = nadaraya_watson(z, z_ref, y_ref, 2.0, kernel=kernel, query_ids=qid, ref_ids=rid, chunk_size=16)
+    gpu = nadaraya_watson(
+        z.cuda(), z_ref.cuda(), y_ref.cuda(), torch.tensor(2.0, device="cuda"), kernel=kernel,
+        query_ids=qid.cuda(), ref_ids=rid.cuda(), chunk_size=16,
+    )
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
