@@ -1,0 +1,276 @@
+r"""The training loop: :func:`run` turns an :class:`ExperimentConfig` into a tidy table.
+
+One row per (seed, epoch) with the config's columns plus
+
+============== ==========================================================================
+column         meaning
+============== ==========================================================================
+epoch          1, 2, ... (the state after that many passes)
+batch_loss     mean training loss over the epoch's mini-batches (penalty excluded)
+train_loss     loss on the whole training set after the epoch (K-AF: leave-one-out)
+test_loss      loss on the test set (K-AF: nothing left out)
+metric         ``accuracy`` (argmax) or ``rmse`` (regression, raw target units)
+train_metric   the metric on the training set
+test_metric    the metric on the test set
+grad_norm      mean over the epoch's batches of :math:`\lVert\nabla_\theta L\rVert_2` of the body
+grad_norm_min  smallest batch gradient norm of the epoch (a plateau shows here)
+h              mean learned K-AF bandwidth :math:`h` (empty for fixed output activations)
+index_std      standard deviation of the output indices :math:`z` on the training set
+saturated_frac fraction of training outputs whose link slope :math:`|\partial \hat y/\partial z|` is below
+               ``SATURATION_SLOPE`` (a flat, gradient-free part of the output activation)
+diverged       ``True`` once a loss or a weight became non-finite; training stops there and
+               the row's losses/metrics are NaN *by this flag's definition*
+epoch_time     seconds of training (not evaluation) in the epoch
+wall_time      cumulative training seconds
+============== ==========================================================================
+
+Determinism: on CPU, a run is a function of its config (weights from
+``torch.manual_seed(seed)``, calc subset from :func:`kaf.nn.select_calc` with
+``seed``, batch order from a seeded ``torch.Generator``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from kaf import nn as knn
+from kaf.data import load_dataset
+from kaf.experiments.config import ExperimentConfig
+from kaf.experiments.models import Network, build_network
+
+__all__ = ["run", "run_many", "prepare", "Prepared", "SATURATION_SLOPE", "EVAL_CHUNK"]
+
+#: a link slope below this counts as saturated (for the sigmoid: :math:`|z| \gtrsim 6.9`).
+SATURATION_SLOPE = 1e-3
+#: rows evaluated at a time (bounds the K-AF evaluation memory to EVAL_CHUNK × m × k).
+EVAL_CHUNK = 1024
+
+
+class Prepared:
+    """Data of one config, ready for training: inputs, the targets the network regresses,
+    raw targets for metrics, and the map from network output back to raw units."""
+
+    def __init__(self, config: ExperimentConfig):
+        device = torch.device(config.device)
+        with warnings.catch_warnings():
+            # the fallback is recorded in info.label(); one warning per process is enough
+            warnings.simplefilter("ignore")
+            ds = load_dataset(config.dataset, seed=config.data_seed, flatten=config.model != "cnn")
+        self.info = ds.info
+        self.task = ds.info.task
+        self.X_train = ds.X_train.to(device)
+        self.X_test = ds.X_test.to(device)
+        if self.task == "classification":
+            self.n_outputs = ds.info.n_classes
+            self.labels_train = ds.y_train.to(device)
+            self.labels_test = ds.y_test.to(device)
+            if config.loss == "mse":
+                self.T_train = F.one_hot(self.labels_train, self.n_outputs).float()
+                self.T_test = F.one_hot(self.labels_test, self.n_outputs).float()
+            else:
+                self.T_train, self.T_test = self.labels_train, self.labels_test
+            self.shift, self.scale = 0.0, 1.0
+        else:
+            self.n_outputs = 1
+            y_train = ds.y_train.to(device) * config.y_multiplier
+            y_test = ds.y_test.to(device) * config.y_multiplier
+            self.raw_train, self.raw_test = y_train, y_test
+            if config.target_transform == "standard":
+                self.shift, self.scale = float(y_train.mean()), float(y_train.std(unbiased=False))
+            elif config.target_transform == "minmax":
+                lo, hi = float(y_train.min()), float(y_train.max())
+                self.shift, self.scale = lo, hi - lo
+            else:
+                self.shift, self.scale = 0.0, 1.0
+            self.T_train = (y_train - self.shift) / self.scale
+            self.T_test = (y_test - self.shift) / self.scale
+        self.n_train = self.X_train.shape[0]
+        self.n_features = int(self.X_train[0].numel())
+
+    def to_raw(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.scale + self.shift
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+    """Load and preprocess the data of ``config`` (see :class:`Prepared`)."""
+    return Prepared(config)
+
+
+def _make_optimizer(config: ExperimentConfig, params):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr)
+    if config.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.RMSprop(params, lr=config.lr)
+
+
+def _loss(config: ExperimentConfig, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if config.loss == "cross_entropy":
+        return F.cross_entropy(out, target)
+    return F.mse_loss(out, target)
+
+
+@torch.no_grad()
+def _evaluate(config, net: Network, prep: Prepared, X, T, ids):
+    """(loss, metric, index_std, saturated_frac) of ``net`` on (X, T); ``ids`` for leave-one-out."""
+    outs, zs = [], []
+    for lo in range(0, X.shape[0], EVAL_CHUNK):
+        sl = slice(lo, lo + EVAL_CHUNK)
+        outs.append(net(X[sl], None if ids is None else ids[sl]))
+        if config.model == "mlp":
+            zs.append(net.index(X[sl]))
+    out = torch.cat(outs)
+    loss = float(_loss(config, out, T))
+    if prep.task == "classification":
+        labels = T if config.loss == "cross_entropy" else T.argmax(1)
+        metric = float((out.argmax(1) == labels).float().mean())
+    else:
+        metric = float(torch.sqrt(((prep.to_raw(out) - prep.to_raw(T)) ** 2).mean()))
+    if not zs:
+        return loss, metric, math.nan, math.nan
+    z = torch.cat(zs)
+    with torch.enable_grad():
+        zg = z.detach().requires_grad_(True)
+        # the link acts element-wise given the (fixed) calc indices, so the gradient of the
+        # sum is the slope of each output at its own index
+        slope = torch.autograd.grad(net.link(zg, ids).sum(), zg)[0]
+    saturated = float((slope.abs() < SATURATION_SLOPE).float().mean())
+    return loss, metric, float(z.std(0, unbiased=False).mean()), saturated
+
+
+def _finite(net: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
+
+
+def run(config: ExperimentConfig, *, progress: bool = False, return_model: bool = False, prepared: Prepared | None = None):
+    """Train one config; return the tidy results table (and the model and data if asked).
+
+    Args:
+        config: the run.
+        progress: show a tqdm bar over epochs.
+        return_model: also return the trained :class:`~kaf.experiments.models.Network` and
+            the :class:`Prepared` data: ``(table, net, prepared)``.
+        prepared: reuse already-loaded data (must come from a config with the same data fields).
+
+    Returns:
+        :class:`pandas.DataFrame`, one row per epoch (columns in the module docstring).
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise ValueError(f"config must be an ExperimentConfig, got {type(config).__name__}")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={config.device!r} asked for CUDA but torch.cuda.is_available() is False")
+    old_threads = torch.get_num_threads()
+    if config.threads and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, device, progress, return_model, prepared)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(config, device, progress, return_model, prepared):
+    prep = prepared if prepared is not None else prepare(config)
+    torch.manual_seed(config.seed)
+    calc_kw = {}
+    if config.output == "kaf":
+        m = config.calc_size or prep.n_train
+        if m > prep.n_train:
+            raise ValueError(f"calc_size must be <= the {prep.n_train} training rows, got {config.calc_size}")
+        # stratifying needs class labels; a regression target gets a random subset
+        policy = config.calc_policy if prep.task == "classification" else "random"
+        labels = prep.labels_train if prep.task == "classification" else prep.T_train[:, 0]
+        idx = knn.select_calc(labels.cpu(), m, policy=policy, seed=config.seed).to(device)
+        calc_kw = dict(calc_x=prep.X_train[idx], calc_y=prep.T_train[idx], calc_ids=idx)
+    net = build_network(config, n_features=prep.n_features, n_outputs=prep.n_outputs, **calc_kw).to(device)
+    # which parameters carry the L1/L2 penalty: those kaf.nn.param_groups would decay
+    penalised = [p for g in knn.param_groups(net, 1.0) if g["weight_decay"] > 0 for p in g["params"]]
+    body_params = [p for p in net.body.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(config, [p for p in net.parameters() if p.requires_grad])
+    gen = torch.Generator().manual_seed(config.seed)
+    train_ids = torch.arange(prep.n_train, device=device)
+
+    base = config.as_row()
+    base.update(data=prep.info.name, n_train=prep.n_train, n_test=prep.X_test.shape[0],
+                metric="accuracy" if prep.task == "classification" else "rmse")
+    rows, wall, diverged = [], 0.0, False
+    bar = tqdm(range(1, config.epochs + 1), desc=f"{config.name}:{config.dataset}:{config.output}:s{config.seed}",
+               disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(prep.n_train, generator=gen).to(device)
+        batch_losses, grad_norms = [], []
+        for lo in range(0, prep.n_train, config.batch_size):
+            ids = perm[lo:lo + config.batch_size]
+            out = net(prep.X_train[ids], train_ids[ids])
+            loss = _loss(config, out, prep.T_train[ids])
+            total = loss
+            if config.l1 > 0:
+                total = total + config.l1 * sum(p.abs().sum() for p in penalised)
+            if config.l2 > 0:
+                total = total + config.l2 * sum((p * p).sum() for p in penalised)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grads = [p.grad.detach().flatten() for p in body_params if p.grad is not None]
+            gnorm = torch.linalg.vector_norm(torch.cat(grads)) if grads else torch.zeros((), device=device)
+            batch_losses.append(loss.detach())
+            grad_norms.append(gnorm)
+            if not bool(torch.isfinite(total.detach())) or not bool(torch.isfinite(gnorm)):
+                diverged = True
+                break
+            optimizer.step()
+            if not _finite(net):
+                diverged = True
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        wall += epoch_time
+        row = dict(base, epoch=epoch, epoch_time=epoch_time, wall_time=wall, diverged=diverged)
+        if diverged:
+            row.update(batch_loss=math.nan, train_loss=math.nan, test_loss=math.nan, train_metric=math.nan,
+                       test_metric=math.nan, grad_norm=math.nan, grad_norm_min=math.nan, h=math.nan,
+                       index_std=math.nan, saturated_frac=math.nan)
+            rows.append(row)
+            break
+        net.eval()
+        tr = _evaluate(config, net, prep, prep.X_train, prep.T_train, train_ids if net.is_kaf else None)
+        te = _evaluate(config, net, prep, prep.X_test, prep.T_test, None)
+        gn = torch.stack(grad_norms)
+        h = net.bandwidth()
+        row.update(batch_loss=float(torch.stack(batch_losses).mean()), train_loss=tr[0], test_loss=te[0],
+                   train_metric=tr[1], test_metric=te[1], grad_norm=float(gn.mean()), grad_norm_min=float(gn.min()),
+                   h=math.nan if h is None else h, index_std=tr[2], saturated_frac=tr[3])
+        rows.append(row)
+        bar.set_postfix(test=f"{te[1]:.3f}")
+    table = pd.DataFrame(rows)
+    if return_model:
+        return table, net, prep
+    return table
+
+
+def run_many(configs, *, progress: bool = True, desc: str = "runs") -> pd.DataFrame:
+    """Run a list of configs (a sweep) and concatenate their tables; one tqdm bar over runs.
+
+    Data are loaded once per distinct (dataset, data_seed, model, device, y_multiplier).
+    """
+    configs = list(configs)
+    cache: dict = {}
+    tables = []
+    for config in tqdm(configs, desc=desc, disable=not progress):
+        key = (config.dataset, config.data_seed, config.model, config.device, config.y_multiplier,
+               config.target_transform, config.loss)
+        if key not in cache:
+            cache[key] = prepare(config)
+        tables.append(run(config, prepared=cache[key]))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
