@@ -194,7 +194,9 @@ def _run(config, device, progress, return_model, prepared):
     net = build_network(config, n_features=prep.n_features, n_outputs=prep.n_outputs, **calc_kw).to(device)
     # which parameters carry the L1/L2 penalty: those kaf.nn.param_groups would decay
     penalised = [p for g in knn.param_groups(net, 1.0) if g["weight_decay"] > 0 for p in g["params"]]
-    body_params = [p for p in net.body.parameters() if p.requires_grad]
+    # the recorded gradient norm is that of the body's weights (bandwidth, FluidReLU's a excluded)
+    body_ids = {id(p) for p in net.body.parameters()}
+    body_params = [p for p in penalised if id(p) in body_ids]
     optimizer = _make_optimizer(config, [p for p in net.parameters() if p.requires_grad])
     gen = torch.Generator().manual_seed(config.seed)
     train_ids = torch.arange(prep.n_train, device=device)
@@ -229,7 +231,9 @@ def _run(config, device, progress, return_model, prepared):
                 diverged = True
                 break
             optimizer.step()
-            if not _finite(net):
+            # a bandwidth that under/overflows (h -> 0 or inf) is a divergence too
+            h_now = net.bandwidth()
+            if not _finite(net) or (h_now is not None and not 0.0 < h_now < math.inf):
                 diverged = True
                 break
         if device.type == "cuda":

@@ -1,0 +1,391 @@
+r"""The book's named experiments, each with a quick and a full size.
+
+An :class:`Experiment` is a function from the scale to a list of configs (a sweep),
+plus optional extras: ``post`` turns each trained model into extra tidy rows (the
+learned link's shape, FluidReLU's learned :math:`a_i`) and ``compute`` produces a table
+without training (the gradient-vanishing grid). :func:`run_experiment` runs one and
+writes ``<out>/<name>.csv`` (and ``<name>_<extra>.csv``).
+
+Sizes (full scale; quick scale in the registry code) are chosen so that the whole
+``reproduce --scale full`` fits on two CPU cores in well under half an hour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from kaf.estimators import nadaraya_watson
+from kaf.experiments.config import ExperimentConfig
+from kaf.experiments.train import prepare, run
+from kaf.scale import get_scale, pick
+
+__all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "run_experiment", "OUTPUTS", "BASELINES",
+           "dataset_defaults", "fit_logistic"]
+
+#: fixed output activations the K-AF output is compared with (the thesis's list)
+BASELINES = ("sigmoid", "tanh", "relu", "swish", "mish", "leaky_relu", "elu", "selu")
+OUTPUTS = ("kaf",) + BASELINES
+#: the smaller set of outputs used on the comparison axes
+AXIS_OUTPUTS = ("kaf", "sigmoid", "tanh", "relu")
+
+
+def dataset_defaults(dataset: str, scale: str | None = None) -> dict:
+    """Per-data-set training defaults (the base every experiment varies from)."""
+    if dataset == "mnist":
+        return dict(dataset="mnist", hidden_size=128, batch_size=128, optimizer="adam", lr=0.005,
+                    epochs=pick(2, 15, scale), calc_size=pick(200, 500, scale))
+    if dataset == "house":
+        return dict(dataset="house", hidden_size=32, batch_size=32, optimizer="adam", lr=0.01,
+                    epochs=pick(15, 150, scale), target_transform="minmax")
+    return dict(dataset=dataset, hidden_size=32, batch_size=16, optimizer="adam", lr=0.01,
+                epochs=pick(15, 100, scale))
+
+
+def _seeds(scale, quick=2, full=5):
+    return tuple(range(pick(quick, full, scale)))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named sweep. ``configs(scale)`` lists the runs; ``post(config, table, net, prepared)``
+    returns ``{extra_name: DataFrame}`` per run; ``compute(scale)`` returns ``{extra_name: DataFrame}``."""
+
+    name: str
+    title: str
+    chapter: str
+    configs: Callable[[str], list] | None = None
+    post: Callable | None = None
+    compute: Callable | None = None
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def _baselines(scale):
+    datasets = ("iris", "wine", "house", "mnist")
+    return [ExperimentConfig(name="baselines", output=o, seed=s, **dataset_defaults(d, scale))
+            for d in datasets for o in OUTPUTS for s in _seeds(scale)]
+
+
+LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def _lr_sweep(scale):
+    grid = pick((0.1, 10.0), LR_GRID, scale)
+    out = []
+    for d in ("iris", "wine"):
+        base = dict(dataset_defaults(d, scale), optimizer="sgd", epochs=pick(10, 50, scale))
+        out += [ExperimentConfig(name="lr_sweep", output=o, lr=lr, seed=s, **{k: v for k, v in base.items() if k != "lr"})
+                for o in AXIS_OUTPUTS for lr in grid for s in _seeds(scale, 1, 3)]
+    return out
+
+
+INIT_GRID = (("default", 1.0), ("normal", 1.0), ("uniform", 1.0), ("xavier", 1.0), ("kaiming", 1.0),
+             ("orthogonal", 1.0), ("normal", 0.1), ("normal", 0.3), ("normal", 3.0), ("normal", 10.0))
+
+
+def _init_sweep(scale):
+    grid = pick(INIT_GRID[:1] + INIT_GRID[-1:], INIT_GRID, scale)
+    base = dict(dataset_defaults("wine", scale), epochs=pick(10, 60, scale))
+    return [ExperimentConfig(name="init_sweep", output=o, init=i, init_scale=sc, seed=s, **base)
+            for o in AXIS_OUTPUTS for i, sc in grid for s in _seeds(scale, 1, 3)]
+
+
+REGULARIZERS = (("none", 0.0, 0.0), ("l1", 1e-3, 0.0), ("l2", 0.0, 1e-3))
+
+
+def _regularizer(scale):
+    out = []
+    for d in ("iris", "wine"):
+        base = dict(dataset_defaults(d, scale))
+        out += [ExperimentConfig(name="regularizer", output=o, l1=l1, l2=l2, seed=s, tags=(f"reg={r}",), **base)
+                for o in AXIS_OUTPUTS for r, l1, l2 in REGULARIZERS for s in _seeds(scale, 1, 5)]
+    return out
+
+
+#: optimiser -> learning rate (each at a usual value for it; momentum 0.9)
+OPTIMIZER_LRS = {"sgd": 0.5, "momentum": 0.05, "adam": 0.01, "rmsprop": 0.003}
+
+
+def _optimizer(scale):
+    out = []
+    for d in ("iris", "wine"):
+        base = {k: v for k, v in dataset_defaults(d, scale).items() if k not in ("optimizer", "lr")}
+        out += [ExperimentConfig(name="optimizer", output=o, optimizer=opt, lr=lr, seed=s, **base)
+                for o in AXIS_OUTPUTS for opt, lr in OPTIMIZER_LRS.items() for s in _seeds(scale, 1, 5)]
+    return out
+
+
+MNIST_CALC_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, 0)
+WINE_CALC_GRID = (3, 6, 12, 24, 48, 0)
+
+
+def _calc_size(scale):
+    out = []
+    mnist = dict(dataset_defaults("mnist", scale), epochs=pick(1, 10, scale))
+    for m in pick((20, 200), MNIST_CALC_GRID, scale):
+        for s in _seeds(scale, 1, 3):
+            out.append(ExperimentConfig(name="calc_size", output="kaf", seed=s, **{**mnist, "calc_size": m}))
+    for m in pick((20,), (20, 100, 500), scale):  # random vs stratified at small m
+        for s in _seeds(scale, 1, 3):
+            out.append(ExperimentConfig(name="calc_size", output="kaf", seed=s, calc_policy="random",
+                                        **{**mnist, "calc_size": m}))
+    for s in _seeds(scale, 1, 3):  # the sigmoid reference for time and accuracy
+        out.append(ExperimentConfig(name="calc_size", output="sigmoid", seed=s, **mnist))
+    wine = dataset_defaults("wine", scale)
+    for m in pick((6, 0), WINE_CALC_GRID, scale):
+        for s in _seeds(scale, 1, 3):
+            out.append(ExperimentConfig(name="calc_size", output="kaf", seed=s, **{**wine, "calc_size": m}))
+    return out
+
+
+def _link_shape(scale):
+    return [ExperimentConfig(name="link_shape", output="kaf", seed=s, **dataset_defaults(d, scale))
+            for d in ("iris", "wine", "mnist") for s in _seeds(scale, 1, 3)]
+
+
+def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
+    r"""Least-squares fit of the 4-parameter logistic :math:`lo + (hi-lo)\,\sigma(c(z-d))` to ``g(z)``.
+
+    Returns ``dict(lo, hi, c, d, rmse, r2, r2_linear, fit_ok)`` where ``rmse`` is the
+    distance :math:`\sqrt{\mathrm{mean}(g - \hat g)^2}` over the given points, ``r2`` its
+    coefficient of determination and ``r2_linear`` that of the best straight line (a
+    reference: a sigmoid should beat a line on a sigmoid-shaped link).
+    """
+    from scipy.optimize import curve_fit
+
+    z = np.asarray(z, dtype=float)
+    g = np.asarray(g, dtype=float)
+    if z.shape != g.shape or z.ndim != 1 or len(z) < 5:
+        raise ValueError(f"z and g must be 1-D of equal length >= 5, got {z.shape} and {g.shape}")
+
+    def logistic(x, lo, hi, c, d):
+        return lo + (hi - lo) / (1.0 + np.exp(-np.clip(c * (x - d), -60, 60)))
+
+    sst = float(((g - g.mean()) ** 2).sum())
+    slope = np.polyfit(z, g, 1)
+    r2_lin = 1.0 - float(((g - np.polyval(slope, z)) ** 2).sum()) / sst if sst > 0 else 1.0
+    spread = float(z.std()) or 1.0
+    best = None
+    # the link may rise or fall, and curve_fit is local: start from both signs
+    for sign in (1.0, -1.0):
+        p0 = (float(g.min()), float(g.max()), sign * 4.0 / spread, float(np.median(z)))
+        try:
+            params, _ = curve_fit(logistic, z, g, p0=p0, maxfev=20000)
+        except RuntimeError:
+            continue
+        sse = float(((g - logistic(z, *params)) ** 2).sum())
+        if best is None or sse < best[1]:
+            best = (params, sse)
+    if best is None:
+        return dict(lo=math.nan, hi=math.nan, c=math.nan, d=math.nan, rmse=math.nan, r2=math.nan,
+                    r2_linear=r2_lin, fit_ok=False)
+    (lo, hi, c, d), sse = best
+    return dict(lo=lo, hi=hi, c=c, d=d, rmse=math.sqrt(sse / len(z)), r2=1.0 - sse / sst if sst > 0 else 1.0,
+                r2_linear=r2_lin, fit_ok=True)
+
+
+def _link_shape_post(config, table, net, prep):
+    """Per output unit: the learned link at the training indices, its logistic fit, and a curve grid."""
+    fits, curves = [], []
+    with torch.no_grad():
+        z = net.index(prep.X_train)
+        ids = torch.arange(prep.n_train, device=z.device)
+        g = net.link(z, ids)
+        z_ref = net.index(net.kernel_output.calc_x)
+    z_np, g_np = z.cpu().numpy(), g.cpu().numpy()
+    for k in range(z_np.shape[1]):
+        fit = fit_logistic(z_np[:, k], g_np[:, k])
+        fits.append(dict(dataset=config.dataset, seed=config.seed, unit=k, h=net.bandwidth(),
+                         index_std=float(z_np[:, k].std()), link_range=float(g_np[:, k].max() - g_np[:, k].min()),
+                         **fit))
+        if config.seed == 0:
+            lo_z, hi_z = np.quantile(z_np[:, k], [0.005, 0.995])
+            grid = torch.linspace(float(lo_z), float(hi_z), 80, device=z.device)
+            zq = z.new_zeros((80, z.shape[1]))
+            zq[:, k] = grid
+            with torch.no_grad():
+                link = net.link(zq)[:, k].cpu().numpy()
+            for zi, li in zip(grid.cpu().numpy(), link):
+                fitted = (fit["lo"] + (fit["hi"] - fit["lo"]) / (1 + math.exp(-max(min(fit["c"] * (zi - fit["d"]), 60), -60)))
+                          if fit["fit_ok"] else math.nan)
+                curves.append(dict(dataset=config.dataset, seed=config.seed, unit=k, z=float(zi), link=float(li),
+                                   logistic=fitted))
+    del z_ref
+    return {"fit": pd.DataFrame(fits), "curves": pd.DataFrame(curves)}
+
+
+def _singular(scale):
+    base = dict(dataset_defaults("wine", scale), optimizer="sgd", lr=0.5, init="normal", epochs=pick(20, 300, scale))
+    return [ExperimentConfig(name="singular", output=o, init_scale=sc, seed=s, **base)
+            for o in ("kaf", "sigmoid") for sc in pick((8.0,), (1.0, 4.0, 16.0), scale) for s in _seeds(scale, 1, 5)]
+
+
+H_GRID = (0.01, 0.1, 0.5, 1.5, 5.0, 20.0, 100.0)
+
+
+def _bandwidth(scale):
+    base = dict(dataset_defaults("wine", scale), epochs=pick(10, 60, scale))
+    out = []
+    for sc in pick((1.0,), (0.1, 1.0, 10.0), scale):
+        for s in _seeds(scale, 1, 3):
+            out.append(ExperimentConfig(name="bandwidth", output="kaf", init_scale=sc, seed=s, tags=("learned",), **base))
+            for h in pick((0.01, 1.5, 100.0), H_GRID, scale):
+                out.append(ExperimentConfig(name="bandwidth", output="kaf", init_scale=sc, seed=s, bandwidth=h,
+                                            learn_bandwidth=False, tags=("fixed",), **base))
+    return out
+
+
+def vanishing_grid(scale: str | None = None, *, n: int = 200, seed: int = 0) -> dict:
+    r"""Gradient of the K-AF loss with respect to the indices, over bandwidth :math:`h` and index spread :math:`s`.
+
+    Indices :math:`z_i = s\,u_i` with :math:`u_i \sim \mathcal N(0,1)`, binary targets
+    :math:`y_i = 1[u_i + 0.5\,\varepsilon_i > 0]`; the leave-one-out K-AF output on all
+    :math:`n` points and the MSE loss :math:`L`. Records :math:`\lVert\partial L/\partial z\rVert_2`,
+    the scale-free :math:`s\,\lVert\partial L/\partial z\rVert_2`, and :math:`|\partial L/\partial h|`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    y = ((u + 0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64)) > 0).double()
+    ids = torch.arange(n)
+    rows = []
+    spreads = pick((0.1, 10.0), (0.1, 1.0, 10.0), scale)
+    hs = np.logspace(-3, 3, pick(13, 37, scale))
+    for s in spreads:
+        for h in hs:
+            z = (s * u).requires_grad_(True)
+            ht = torch.tensor(float(h), dtype=torch.float64, requires_grad=True)
+            # the reference indices are the same z (gradient flows through both, as in the thesis)
+            g = nadaraya_watson(z, z, y, ht, query_ids=ids, ref_ids=ids)
+            loss = ((g - y) ** 2).mean()
+            dz, dh = torch.autograd.grad(loss, (z, ht))
+            rows.append(dict(spread=s, h=float(h), h_over_spread=float(h) / s, loss=float(loss),
+                             grad_z=float(dz.norm()), grad_z_scaled=float(dz.norm()) * s, grad_h=abs(float(dh))))
+    return {"grid": pd.DataFrame(rows)}
+
+
+def _house_scale(scale):
+    base = {k: v for k, v in dataset_defaults("house", scale).items() if k not in ("target_transform", "optimizer", "lr")}
+    settings = (("raw", 1.0), ("raw", 1000.0), ("standard", 1000.0), ("minmax", 1000.0), ("learnable", 1000.0))
+    out = []
+    for opt, lr in (("adam", 0.01), ("sgd", 0.01)):
+        for tt, mult in pick(settings[1:3], settings, scale):
+            for o in ("kaf", "sigmoid", "identity"):
+                for s in _seeds(scale, 1, 3):
+                    out.append(ExperimentConfig(name="house_scale", output=o, optimizer=opt, lr=lr, target_transform=tt,
+                                                y_multiplier=mult, seed=s, **base))
+    return out
+
+
+def _fluid_relu(scale):
+    # the paper: momentum SGD, mu = 0.9, eps = 0.001, beta = 10000 on a, every a_i = 0 at start;
+    # eps is used for the weights too and the batch size (unstated) is 16
+    base = dict(name="fluid_relu", dataset="mnist", model="cnn", output="identity", loss="cross_entropy",
+                optimizer="momentum", lr=0.001, momentum=0.9, batch_size=16, grad_scale=10000.0, fluid_init=0.0,
+                epochs=pick(1, 10, scale))
+    out = []
+    for s in _seeds(scale, 1, 10):
+        out.append(ExperimentConfig(hidden="relu", seed=s, **base))
+        out.append(ExperimentConfig(hidden="fluid_relu", fluid_variant="exp", seed=s, **base))
+        out.append(ExperimentConfig(hidden="fluid_relu", fluid_variant="sigmoid", seed=s, **base))
+    return out
+
+
+def _fluid_post(config, table, net, prep):
+    if config.hidden != "fluid_relu":
+        return {}
+    rows = []
+    for layer, act in (("conv1", net.body.act1), ("conv2", net.body.act2)):
+        for ch, a in enumerate(act.a.detach().cpu().tolist()):
+            rows.append(dict(hidden=config.hidden, fluid_variant=config.fluid_variant, seed=config.seed,
+                             layer=layer, channel=ch, a=a))
+    return {"a": pd.DataFrame(rows)}
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment("baselines", "K-AF output vs fixed output activations on four data sets", "book/experiments/baselines",
+               configs=_baselines),
+    Experiment("lr_sweep", "Learning-rate sweep with plain SGD (log grid)", "book/experiments/axes", configs=_lr_sweep),
+    Experiment("init_sweep", "Initial values: schemes and scales", "book/experiments/axes", configs=_init_sweep),
+    Experiment("regularizer", "Regulariser: none, L1, L2", "book/experiments/axes", configs=_regularizer),
+    Experiment("optimizer", "Optimiser: SGD, momentum, Adam, RMSprop", "book/experiments/axes", configs=_optimizer),
+    Experiment("calc_size", "Accuracy and time against the calc-subset size m", "book/experiments/calc_size",
+               configs=_calc_size),
+    Experiment("link_shape", "Shape of the learned K-AF link against a fitted sigmoid", "book/experiments/link_shape",
+               configs=_link_shape, post=_link_shape_post),
+    Experiment("singular", "Plateaus and saturation: sigmoid vs K-AF from large initial weights",
+               "book/experiments/gradients", configs=_singular),
+    Experiment("bandwidth", "Training with fixed bandwidths vs the learned one", "book/experiments/gradients",
+               configs=_bandwidth),
+    Experiment("vanishing", "K-AF gradient against bandwidth and index spread (no training)",
+               "book/experiments/gradients", compute=vanishing_grid),
+    Experiment("house_scale", "Raw vs standardised vs learnable-scale house-price targets",
+               "book/experiments/large_targets", configs=_house_scale),
+    Experiment("fluid_relu", "FluidReLU vs ReLU in the paper's MNIST CNN", "book/experiments/fluid_relu",
+               configs=_fluid_relu, post=_fluid_post),
+]}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"name must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    return EXPERIMENTS[name]
+
+
+def experiment_configs(name: str, scale: str | None = None, *, seeds: int | None = None,
+                       device: str | None = None) -> list:
+    """The configs of experiment ``name`` at ``scale``, optionally with ``seeds`` seeds (0..N-1) and on ``device``."""
+    exp = get_experiment(name)
+    scale = get_scale(scale)
+    if exp.configs is None:
+        return []
+    configs = exp.configs(scale)
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+        unique = list(dict.fromkeys(c.replace(seed=0) for c in configs))
+        configs = [c.replace(seed=s) for c in unique for s in range(seeds)]
+    if device is not None:
+        configs = [c.replace(device=device) for c in configs]
+    return configs
+
+
+def run_experiment(name: str, scale: str | None = None, *, seeds: int | None = None, device: str | None = None,
+                   out: str | Path | None = None, progress: bool = True) -> dict:
+    """Run experiment ``name``; return ``{table_name: DataFrame}`` and write each as ``<out>/<table_name>.csv``.
+
+    The main table is called ``name``; extras are ``name_<extra>``. ``out=None`` writes nothing.
+    """
+    exp = get_experiment(name)
+    scale = get_scale(scale)
+    tables: dict[str, list] = {}
+    if exp.compute is not None:
+        for key, df in exp.compute(scale).items():
+            tables.setdefault(f"{name}_{key}", []).append(df)
+    configs = experiment_configs(name, scale, seeds=seeds, device=device)
+    cache: dict = {}
+    for config in tqdm(configs, desc=name, disable=not progress):
+        key = (config.dataset, config.data_seed, config.model, config.device, config.y_multiplier,
+               config.target_transform, config.loss)
+        if key not in cache:
+            cache[key] = prepare(config)
+        table, net, prep = run(config, prepared=cache[key], return_model=True)
+        tables.setdefault(name, []).append(table)
+        if exp.post is not None:
+            for extra, df in exp.post(config, table, net, prep).items():
+                tables.setdefault(f"{name}_{extra}", []).append(df)
+    result = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for k, df in result.items():
+            df.to_csv(out / f"{k}.csv", index=False)
+    return result
