@@ -74,6 +74,8 @@ def provenance(scale: str, device: str | None, timings: dict, wall: float) -> di
         "torch_threads": torch.get_num_threads(),
         "wall_time_s": round(wall, 1),
         "experiment_wall_time_s": {k: round(v, 1) for k, v in timings.items()},
+        "kaf_sources_sha256": {p.relative_to(repo_root()).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+                               for p in sorted((repo_root() / "kaf").rglob("*.py"))},
         "data": _data_provenance(),
     }
 

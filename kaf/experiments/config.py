@@ -68,7 +68,8 @@ class ExperimentConfig:
         batch_size: mini-batch size.
         calc_size: number of calc points :math:`m` of the K-AF output; ``0`` means the
             whole training set.
-        calc_policy: ``"stratified"`` (equal share per class) or ``"random"``.
+        calc_policy: ``"stratified"`` (class proportions kept; quantile strata for a
+            regression target) or ``"random"`` (see :func:`kaf.nn.select_calc`).
         bandwidth: initial K-AF bandwidth :math:`h` (the thesis: 1.5).
         learn_bandwidth: learn :math:`h` (otherwise it stays fixed).
         kernel: K-AF kernel name (:data:`kaf.estimators.KERNELS`).

@@ -139,10 +139,15 @@ class Network(nn.Module):
         return self.body(x)
 
     def link(self, z: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Output activation applied to indices ``z`` of shape (N, k) (before the affine map)."""
+        """Output activation applied to indices ``z`` of shape (N, k) (before the affine map).
+
+        For K-AF the calc indices are computed without gradient: the link is the curve
+        :math:`z \mapsto G(z)` for the current, fixed reference set.
+        """
         if self.is_kaf:
             ko = self.kernel_output
-            z_ref = ko.index(ko.calc_x)
+            with torch.no_grad():
+                z_ref = ko.index(ko.calc_x)
             if ids is None:
                 return ko.activation(z, z_ref, ko.calc_y)
             return ko.activation(z, z_ref, ko.calc_y, ids, ko.calc_ids)
@@ -159,7 +164,7 @@ class Network(nn.Module):
         """Mean K-AF bandwidth :math:`h` (``None`` for a fixed output activation)."""
         if not self.is_kaf:
             return None
-        return float(self.kernel_output.bandwidth.detach().float().mean().cpu())
+        return float(self.kernel_output.activation.bandwidth.detach().float().mean().cpu())
 
 
 def init_weights(module: nn.Module, scheme: str, scale: float, generator: torch.Generator | None = None) -> None:

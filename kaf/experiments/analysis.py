@@ -1,0 +1,85 @@
+"""Reading result tables: final rows per run, mean ± sd summaries, confidence intervals.
+
+Chapters and :mod:`kaf.experiments.verdicts` both use these, so a number in a chapter
+and the same number in ``verdicts.csv`` come from one computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kaf.experiments.config import ExperimentConfig
+
+__all__ = ["CONFIG_COLUMNS", "load", "final_rows", "summarize", "mean_ci", "paired_ci"]
+
+#: the columns that identify a run (every field of :class:`ExperimentConfig`)
+CONFIG_COLUMNS = [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
+def load(name: str, folder: str | Path | None = None) -> pd.DataFrame:
+    """Read ``<folder>/<name>.csv`` (default folder: :func:`kaf.experiments.results_dir`)."""
+    from kaf.experiments import results_dir
+
+    path = Path(folder if folder is not None else results_dir()) / f"{name}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no result table {path}; run `python -m kaf.experiments reproduce --scale full`")
+    df = pd.read_csv(path, keep_default_na=True)
+    if "tags" in df.columns:
+        df["tags"] = df["tags"].fillna("")
+    return df
+
+
+def _run_keys(table: pd.DataFrame) -> list:
+    return [c for c in CONFIG_COLUMNS if c in table.columns]
+
+
+def final_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The last recorded row of every run (the diverged row for a run that diverged)."""
+    keys = _run_keys(table)
+    ordered = table.sort_values("epoch", kind="stable")
+    return ordered.groupby(keys, dropna=False, sort=False).tail(1).reset_index(drop=True)
+
+
+def summarize(table: pd.DataFrame, by: list, value: str = "test_metric") -> pd.DataFrame:
+    """Mean, sd and count of ``value`` over the final rows, grouped by ``by``.
+
+    Diverged runs are counted in ``diverged`` and left out of mean/sd (``n`` counts the rest).
+    """
+    fin = final_rows(table)
+    fin = fin.assign(_div=fin["diverged"].astype(bool))
+    grouped = fin.groupby(by, dropna=False, sort=False)
+    out = grouped.apply(
+        lambda g: pd.Series({
+            "mean": g.loc[~g._div, value].mean() if (~g._div).any() else math.nan,
+            "sd": g.loc[~g._div, value].std(ddof=1) if (~g._div).sum() > 1 else 0.0,
+            "n": int((~g._div).sum()),
+            "diverged": int(g._div.sum()),
+        }),
+        include_groups=False,
+    )
+    return out.reset_index()
+
+
+def mean_ci(values, level: float = 0.95) -> tuple:
+    """(mean, half-width of the Student-t confidence interval) of a sample."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        raise ValueError(f"values must hold at least 2 numbers for an interval, got {len(x)}")
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def paired_ci(a, b, level: float = 0.95) -> tuple:
+    """(mean of a − b, half-width of its t interval) for paired samples (same seeds)."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be paired (same length), got {a.shape} and {b.shape}")
+    return mean_ci(a - b, level)
