@@ -28,9 +28,10 @@ def load(name: str, folder: str | Path | None = None) -> pd.DataFrame:
     path = Path(folder if folder is not None else results_dir()) / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"no result table {path}; run `python -m kaf.experiments reproduce --scale full`")
-    df = pd.read_csv(path, keep_default_na=True)
+    # tags is text even when every run's tags are empty
+    df = pd.read_csv(path, dtype={"tags": str}, keep_default_na=False, na_values=["", "nan", "NaN"])
     if "tags" in df.columns:
-        df["tags"] = df["tags"].fillna("")
+        df["tags"] = df["tags"].fillna("").astype(str)
     return df
 
 

@@ -302,8 +302,12 @@ def fluid_verdicts(folder) -> list:
     for variant, cid in (("exp", "fluid-1"), ("sigmoid", "fluid-2")):
         f = fin[(fin.hidden == "fluid_relu") & (fin.fluid_variant == variant)].set_index("seed").test_metric
         seeds = sorted(set(relu.index) & set(f.index))
-        diff, half = paired_ci(f.loc[seeds].values, relu.loc[seeds].values)
-        verdict = "holds" if diff - half > 0 else ("fails" if diff + half < 0 else "inconclusive")
+        if len(seeds) >= 2:
+            diff, half = paired_ci(f.loc[seeds].values, relu.loc[seeds].values)
+            verdict = "holds" if diff - half > 0 else ("fails" if diff + half < 0 else "inconclusive")
+        else:  # one seed gives no interval: nothing can be concluded
+            diff, half = float(f.loc[seeds].mean() - relu.loc[seeds].mean()), math.inf
+            verdict = "inconclusive"
         first3 = seeds[:3]
         ev = (f"{len(seeds)} paired seeds: mean accuracy FluidReLU-{variant} {f.loc[seeds].mean():.4f} vs ReLU "
               f"{relu.loc[seeds].mean():.4f}, difference {diff:+.4f} ± {half:.4f} (95% t-interval); first 3 runs "
