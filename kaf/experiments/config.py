@@ -57,6 +57,8 @@ class ExperimentConfig:
         output: ``"kaf"`` or an activation name (``"sigmoid"``, ``"tanh"``, ...).
         hidden: hidden activation name (``"relu"``; ``"fluid_relu"`` in the CNN).
         hidden_size: width of the hidden layer of the MLP.
+        bias: give both linear layers of the MLP a bias (appendix B has none; a fixed
+            output activation then cannot move its threshold, while K-AF's link can).
         optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"rmsprop"``.
         lr: learning rate.
         momentum: momentum of ``"momentum"`` SGD.
@@ -93,6 +95,7 @@ class ExperimentConfig:
     output: str = "kaf"
     hidden: str = "relu"
     hidden_size: int = 32
+    bias: bool = False
     optimizer: str = "adam"
     lr: float = 0.01
     momentum: float = 0.9
@@ -158,6 +161,9 @@ class ExperimentConfig:
                              f"got loss={self.loss!r}")
         if self.loss == "cross_entropy" and self.dataset == "house":
             raise ValueError("loss='cross_entropy' needs a classification data set, got dataset='house'")
+        for attr in ("bias", "learn_bandwidth"):
+            if not isinstance(getattr(self, attr), bool):
+                raise ValueError(f"{attr} must be a bool, got {getattr(self, attr)!r}")
         if not isinstance(self.tags, tuple):
             raise ValueError(f"tags must be a tuple of strings, got {self.tags!r}")
 

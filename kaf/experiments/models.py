@@ -29,6 +29,9 @@ class AppendixBBody(nn.Module):
 
     .. math:: z = W_2\, \phi(W_1 x)
 
+    (with ``bias=True``: :math:`z = W_2\, \phi(W_1 x + b_1) + b_2`, a departure from appendix B
+    used to check how much of a comparison is due to the missing biases).
+
     Shape:
         - Input: :math:`(N, d)`
         - Output: :math:`(N, k)`, the indices :math:`z` (one per output unit).
@@ -40,11 +43,12 @@ class AppendixBBody(nn.Module):
         torch.Size([5, 3])
     """
 
-    def __init__(self, in_features: int, hidden_size: int, out_features: int, hidden: str = "relu"):
+    def __init__(self, in_features: int, hidden_size: int, out_features: int, hidden: str = "relu",
+                 bias: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_size, bias=False)
+        self.fc1 = nn.Linear(in_features, hidden_size, bias=bias)
         self.act = knn.make_activation(hidden)
-        self.fc2 = nn.Linear(hidden_size, out_features, bias=False)
+        self.fc2 = nn.Linear(hidden_size, out_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -217,7 +221,7 @@ def build_network(config, *, n_features: int, n_outputs: int, calc_x=None, calc_
         body = PaperCNN(config.hidden, grad_scale=config.grad_scale, fluid_variant=config.fluid_variant,
                         fluid_init=config.fluid_init, n_classes=n_outputs)
     else:
-        body = AppendixBBody(n_features, config.hidden_size, n_outputs, config.hidden)
+        body = AppendixBBody(n_features, config.hidden_size, n_outputs, config.hidden, bias=config.bias)
     init_weights(body, config.init, config.init_scale)
     affine = LearnableAffine(n_outputs) if config.target_transform == "learnable" and config.dataset == "house" else None
     if config.output == "kaf":

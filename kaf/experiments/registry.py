@@ -75,6 +75,12 @@ def _baselines(scale):
             for d in datasets for o in OUTPUTS for s in _seeds(scale)]
 
 
+def _baselines_bias(scale):
+    datasets = ("iris", "wine", "house", "mnist")
+    return [ExperimentConfig(name="baselines_bias", output=o, bias=True, seed=s, **dataset_defaults(d, scale))
+            for d in datasets for o in OUTPUTS for s in _seeds(scale, 1, 5)]
+
+
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -322,6 +328,8 @@ def _fluid_post(config, table, net, prep):
 EXPERIMENTS = {e.name: e for e in [
     Experiment("baselines", "K-AF output vs fixed output activations on four data sets", "book/experiments/baselines",
                configs=_baselines),
+    Experiment("baselines_bias", "The same comparison with biases in both linear layers (not in appendix B)",
+               "book/experiments/baselines", configs=_baselines_bias),
     Experiment("lr_sweep", "Learning-rate sweep with plain SGD (log grid)", "book/experiments/axes", configs=_lr_sweep),
     Experiment("init_sweep", "Initial values: schemes and scales", "book/experiments/axes", configs=_init_sweep),
     Experiment("regularizer", "Regulariser: none, L1, L2", "book/experiments/axes", configs=_regularizer),
