@@ -161,10 +161,12 @@ def _link_shape(scale):
 def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     r"""Least-squares fit of the 4-parameter logistic :math:`lo + (hi-lo)\,\sigma(c(z-d))` to ``g(z)``.
 
-    Returns ``dict(lo, hi, c, d, rmse, r2, r2_linear, fit_ok)`` where ``rmse`` is the
-    distance :math:`\sqrt{\mathrm{mean}(g - \hat g)^2}` over the given points, ``r2`` its
-    coefficient of determination and ``r2_linear`` that of the best straight line (a
-    reference: a sigmoid should beat a line on a sigmoid-shaped link).
+    Returns ``dict(lo, hi, c, d, rmse, r2, r2_linear, n_mid, r2_mid, fit_ok)`` where
+    ``rmse`` is the distance :math:`\sqrt{\mathrm{mean}(g - \hat g)^2}` over the given
+    points, ``r2`` its coefficient of determination, ``r2_linear`` that of the best
+    straight line (a reference: a sigmoid should beat a line on a sigmoid-shaped link),
+    and ``r2_mid`` the logistic's :math:`R^2` over the ``n_mid`` points of the transition
+    region (fitted value 5–95 % of the way from ``lo`` to ``hi``; NaN when fewer than 5).
     """
     from scipy.optimize import curve_fit
 
@@ -193,10 +195,17 @@ def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
             best = (params, sse)
     if best is None:
         return dict(lo=math.nan, hi=math.nan, c=math.nan, d=math.nan, rmse=math.nan, r2=math.nan,
-                    r2_linear=r2_lin, fit_ok=False)
+                    r2_linear=r2_lin, n_mid=0, r2_mid=math.nan, fit_ok=False)
     (lo, hi, c, d), sse = best
+    # the transition region alone: points whose fitted value is between 5 % and 95 % of the
+    # way from lo to hi (on a near-step link most points sit on the plateaus and make R² easy)
+    fitted = logistic(z, lo, hi, c, d)
+    frac = (fitted - lo) / (hi - lo) if hi != lo else np.zeros_like(z)
+    mid = (frac > 0.05) & (frac < 0.95)
+    sst_mid = float(((g[mid] - g[mid].mean()) ** 2).sum()) if mid.sum() else 0.0
+    r2_mid = 1.0 - float(((g[mid] - fitted[mid]) ** 2).sum()) / sst_mid if mid.sum() >= 5 and sst_mid > 0 else math.nan
     return dict(lo=lo, hi=hi, c=c, d=d, rmse=math.sqrt(sse / len(z)), r2=1.0 - sse / sst if sst > 0 else 1.0,
-                r2_linear=r2_lin, fit_ok=True)
+                r2_linear=r2_lin, n_mid=int(mid.sum()), r2_mid=r2_mid, fit_ok=True)
 
 
 def _link_shape_post(config, table, net, prep):

@@ -164,8 +164,11 @@ def link_verdict(folder) -> list:
     for ds, d in fit.groupby("dataset", sort=False):
         med = float(d.r2.median())
         ok.append(med >= R2_SIGMOID)
+        mid = d.r2_mid.dropna() if "r2_mid" in d else pd.Series(dtype=float)
+        mid_txt = (f", transition region only: median R² {float(mid.median()):.3f} over {len(mid)} units"
+                   if len(mid) else ", transition region: too few points to fit")
         parts.append(f"{ds}: median R² {med:.3f} (logistic) vs {float(d.r2_linear.median()):.3f} (line), "
-                     f"median distance {float(d.rmse.median()):.3f}")
+                     f"median distance {float(d.rmse.median()):.3f}{mid_txt}")
     verdict = "holds" if all(ok) else ("fails" if not any(ok) else "depends")
     return [_row("thesis-3", THESIS, "The learned K-AF link is close to a sigmoid", verdict,
                  "; ".join(parts) + f" (close: R² ≥ {R2_SIGMOID})", "book/experiments/link_shape")]
