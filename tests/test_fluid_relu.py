@@ -147,7 +147,7 @@ def test_per_channel_shapes(shape):
     y = m(x)
     assert y.shape == x.shape
     for c in range(4):
-        ref = FluidReLU(init=float(m.a[c]))(x[:, c].detach())
+        ref = FluidReLU(init=float(m.a.detach()[c]))(x[:, c].detach())
         assert torch.allclose(y[:, c], ref, rtol=1e-6, atol=1e-7)
     y.sum().backward()
     assert m.a.grad.shape == (4,)
