@@ -67,7 +67,8 @@ class _FluidReLUFunction(torch.autograd.Function):
     def forward(ctx, v: Tensor, a: Tensor, channel_shape, variant: str, grad_scale: float) -> Tensor:
         # s = e^{-a}, capped so that 0 * s stays 0 when a is very negative.
         s = torch.exp(-a.to(v.dtype)).clamp_(max=torch.finfo(v.dtype).max).view(channel_shape)
-        out = _negative_exponent(v, s)
+        # No finite clamp needed here: t = -inf gives exp(t) = sigmoid(t) = 0 and v * 0 = -0.
+        out = v.clamp(max=0).mul_(s)
         if variant == "exp":
             out.exp_()
         else:
