@@ -1,5 +1,6 @@
 """kaf: kernel activation functions (K-AF) and FluidReLU for PyTorch."""
 
+from kaf.estimators import ichimura, kaf_tron, loo_cv_bandwidth, nadaraya_watson
 from kaf.nn import (
     ACTIVATIONS,
     FluidReLU,
@@ -23,4 +24,8 @@ __all__ = [
     "make_activation",
     "param_groups",
     "select_calc",
+    "nadaraya_watson",
+    "ichimura",
+    "kaf_tron",
+    "loo_cv_bandwidth",
 ]
