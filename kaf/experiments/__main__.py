@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import hashlib
 import json
 import platform
@@ -60,11 +61,12 @@ def _data_provenance() -> list:
     return rows
 
 
-def provenance(scale: str, device: str | None, timings: dict, wall: float) -> dict:
+def provenance(scale: str, device: str | None, timings: dict, wall: float, commit: str | None = None) -> dict:
+    """The provenance record; ``commit`` is the git state taken when the runs started."""
     return {
         "command": "python -m kaf.experiments " + " ".join(sys.argv[1:]),
         "scale": scale,
-        "git_commit": _git_commit(),
+        "git_commit": commit if commit is not None else _git_commit(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -81,7 +83,12 @@ def provenance(scale: str, device: str | None, timings: dict, wall: float) -> di
 
 
 def _csv_checksums(out: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(out.glob("*.csv"))}
+    """sha256 (first 12 hex digits) of every result table's CSV text (decompressed for ``.csv.gz``)."""
+    sums = {}
+    for p in sorted(out.glob("*.csv*")):
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        sums[p.name] = hashlib.sha256(data).hexdigest()[:12]
+    return sums
 
 
 def main(argv=None) -> int:
@@ -118,6 +125,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else default_out(scale)
     names = [args.name] if args.command == "run" else (args.only or list(registry.EXPERIMENTS))
     timings = {}
+    # the code that runs is the code at the start (edits made while it runs do not count)
+    commit = _git_commit()
     start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
@@ -129,7 +138,7 @@ def main(argv=None) -> int:
     if args.command == "reproduce":
         from kaf.experiments.verdicts import write_verdicts
 
-        prov = provenance(scale, args.device, timings, wall)
+        prov = provenance(scale, args.device, timings, wall, commit)
         prov["csv_sha256"] = _csv_checksums(out)
         (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
         write_verdicts(out)

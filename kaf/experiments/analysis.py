@@ -22,10 +22,13 @@ CONFIG_COLUMNS = [f.name for f in dataclasses.fields(ExperimentConfig)]
 
 
 def load(name: str, folder: str | Path | None = None) -> pd.DataFrame:
-    """Read ``<folder>/<name>.csv`` (default folder: :func:`kaf.experiments.results_dir`)."""
+    """Read ``<folder>/<name>.csv.gz`` or ``<folder>/<name>.csv`` (default folder: :func:`kaf.experiments.results_dir`)."""
     from kaf.experiments import results_dir
 
-    path = Path(folder if folder is not None else results_dir()) / f"{name}.csv"
+    folder = Path(folder if folder is not None else results_dir())
+    path = folder / f"{name}.csv.gz"
+    if not path.exists():
+        path = folder / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"no result table {path}; run `python -m kaf.experiments reproduce --scale full`")
     # tags is text even when every run's tags are empty

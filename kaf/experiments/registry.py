@@ -4,7 +4,9 @@ An :class:`Experiment` is a function from the scale to a list of configs (a swee
 plus optional extras: ``post`` turns each trained model into extra tidy rows (the
 learned link's shape, FluidReLU's learned :math:`a_i`) and ``compute`` produces a table
 without training (the gradient-vanishing grid). :func:`run_experiment` runs one and
-writes ``<out>/<name>.csv`` (and ``<name>_<extra>.csv``).
+writes ``<out>/<name>.csv.gz`` (and ``<name>_<extra>.csv.gz``): gzip-compressed CSV
+(the tables repeat every config field on every row, so they compress about tenfold;
+``pandas.read_csv`` and :func:`kaf.experiments.analysis.load` read them directly).
 
 Sizes (full scale; quick scale in the registry code) are chosen so that the whole
 ``reproduce --scale full`` fits on two CPU cores in well under half an hour.
@@ -289,7 +291,7 @@ def vanishing_grid(scale: str | None = None, *, seed: int = 0) -> dict:
                 g = nadaraya_watson(z, z, y, ht, query_ids=ids, ref_ids=ids)
                 loss = ((g - y) ** 2).mean()
                 dz, dh = torch.autograd.grad(loss, (z, ht))
-                rows.append(dict(m=m, spread=s, h=float(h), h_over_spread=float(h) / s, loss=float(loss),
+                rows.append(dict(m=m, spread=s, h=float(h), h_over_spread=float(h) / s, loss=float(loss.detach()),
                                  grad_z=float(dz.norm()), grad_z_scaled=float(dz.norm()) * s,
                                  grad_z_median=float(dz.abs().median()) * s * m, grad_h=abs(float(dh))))
     return {"grid": pd.DataFrame(rows)}
@@ -386,7 +388,7 @@ def experiment_configs(name: str, scale: str | None = None, *, seeds: int | None
 
 def run_experiment(name: str, scale: str | None = None, *, seeds: int | None = None, device: str | None = None,
                    out: str | Path | None = None, progress: bool = True) -> dict:
-    """Run experiment ``name``; return ``{table_name: DataFrame}`` and write each as ``<out>/<table_name>.csv``.
+    """Run experiment ``name``; return ``{table_name: DataFrame}`` and write each as ``<out>/<table_name>.csv.gz``.
 
     The main table is called ``name``; extras are ``name_<extra>``. ``out=None`` writes nothing.
     """
@@ -413,5 +415,6 @@ def run_experiment(name: str, scale: str | None = None, *, seeds: int | None = N
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for k, df in result.items():
-            df.to_csv(out / f"{k}.csv", index=False)
+            # mtime 0: the same table gives the same bytes
+            df.to_csv(out / f"{k}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
     return result
