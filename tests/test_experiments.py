@@ -144,7 +144,7 @@ def test_cli_run_writes_csv(tmp_path, capsys):
     assert "baselines" in capsys.readouterr().out
     assert cli(["run", "vanishing", "--scale", "quick", "--out", str(tmp_path), "--no-progress"]) == 0
     grid = pd.read_csv(tmp_path / "vanishing_grid.csv.gz")
-    pd.testing.assert_frame_equal(grid, analysis.load("vanishing_grid", tmp_path).drop(columns=[]))
+    pd.testing.assert_frame_equal(grid, analysis.load("vanishing_grid", tmp_path))
     assert {"h", "spread", "m", "grad_z_median", "grad_z_scaled", "loss"} <= set(grid.columns)
     # scale-free: for fixed m the loss depends on h/spread only
     assert np.isfinite(grid.loss).all()
