@@ -167,6 +167,7 @@ def vanishing(grid: pd.DataFrame):
         ax.set_xscale("log")
         ax.set_xlabel("h / spread of the indices")
     a1.set_yscale("symlog", linthresh=1e-6)
+    a1.set_ylim(bottom=0.0)  # the gradient magnitude is never negative
     a1.set_ylabel("s·m·median |∂L/∂z_i|")
     a2.set_ylabel("leave-one-out loss")
     a1.legend(fontsize=7)
@@ -189,9 +190,12 @@ def house_scale(table: pd.DataFrame):
             e = d[d.output == o].set_index("setting").reindex(settings)
             x = np.arange(len(settings)) + i * w
             ax.bar(x, e["mean"].fillna(0), yerr=e["sd"].fillna(0), width=w, color=_color(o), label=o, capsize=2)
-            for xi, dv in zip(x, e.diverged.fillna(0)):
+            for xi, dv, n in zip(x, e.diverged.fillna(0), e.n.fillna(0)):
                 if dv > 0:
-                    ax.text(xi, 0, "div", ha="center", va="bottom", fontsize=6, rotation=90)
+                    # at the foot of the axis (a log axis has no 0): how many seeds diverged
+                    ax.text(xi, 0.02, f"{dv:.0f} diverged" if n == 0 else f"{dv:.0f} div.", ha="center",
+                            va="bottom", fontsize=6, rotation=90, color=_color(o) or "k",
+                            transform=ax.get_xaxis_transform())
         ax.set_xticks(np.arange(len(settings)) + 0.4 - w / 2, settings)
         ax.set_yscale("log")
         ax.set_ylabel("test RMSE (dollars)")
