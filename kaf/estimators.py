@@ -122,9 +122,37 @@ def _loo_mask(query_ids, ref_ids, lo, hi):
     return mask
 
 
-def _loo_pairs(query_ids, ref_ids, lo, hi):
-    mask = _loo_mask(query_ids, ref_ids, lo, hi)
-    return None if mask is None else torch.nonzero(mask, as_tuple=True)
+class _LeaveOut:
+    """Finds the left-out pairs (query_ids[i] == ref_ids[j]) chunk by chunk.
+
+    With unique reference ids (the usual case: calc points are distinct rows) each
+    query matches at most one reference point, found by binary search in
+    O((n + m) log m) instead of an (n, m) comparison; duplicated ids fall back to the
+    comparison.
+    """
+
+    def __init__(self, query_ids, ref_ids):
+        self.query_ids, self.ref_ids = query_ids, ref_ids
+        if query_ids is not None:
+            self.sorted_ids, self.order = torch.sort(ref_ids)
+            self.unique = bool((self.sorted_ids[1:] != self.sorted_ids[:-1]).all())
+
+    def pairs(self, lo, hi):
+        """(rows, cols) of the left-out pairs among queries lo..hi-1 (rows relative to lo), or None."""
+        if self.query_ids is None:
+            return None
+        if not self.unique:
+            return torch.nonzero(_loo_mask(self.query_ids, self.ref_ids, lo, hi), as_tuple=True)
+        q = self.query_ids[lo:hi]
+        m = self.sorted_ids.shape[0]
+        pos = torch.searchsorted(self.sorted_ids, q).clamp_(max=m - 1)
+        rows = torch.nonzero(self.sorted_ids[pos] == q).squeeze(1)
+        if m == 1 and rows.numel() > 0:
+            raise ValueError(
+                f"query {int(rows[0]) + lo} has no reference point left after leave-one-out exclusion: "
+                "every ref_ids entry equals its query_ids entry (the reference set needs another point)"
+            )
+        return rows, self.order[pos[rows]]
 
 
 def _rowdot(r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -170,8 +198,9 @@ class _GaussianNW(torch.autograd.Function):
         a_s, b_s = a * scale, b * scale
         out = a.new_empty(a.shape)
         keep = None
+        leave_out = _LeaveOut(query_ids, ref_ids)
         for lo, hi in _chunks(a.shape[1], chunk_size):
-            w = _gaussian_weights(a_s[:, lo:hi], b_s, _loo_pairs(query_ids, ref_ids, lo, hi))
+            w = _gaussian_weights(a_s[:, lo:hi], b_s, leave_out.pairs(lo, hi))
             out[:, lo:hi] = _rowdot(y, w)
             if chunk_size is None:
                 keep = w
@@ -195,10 +224,9 @@ class _GaussianNW(torch.autograd.Function):
         grad_a = torch.empty_like(a) if need_a else None
         grad_h = torch.zeros_like(h)
         col = torch.zeros((4,) + b.shape, dtype=b.dtype, device=b.device)
+        leave_out = _LeaveOut(query_ids, ref_ids) if keep is None else None
         for lo, hi in _chunks(a.shape[1], chunk_size):
-            w = keep if keep is not None else _gaussian_weights(
-                a_s[:, lo:hi], b_s, _loo_pairs(query_ids, ref_ids, lo, hi)
-            )
+            w = keep if keep is not None else _gaussian_weights(a_s[:, lo:hi], b_s, leave_out.pairs(lo, hi))
             g, o, a_c = grad_out[:, lo:hi], oc[:, lo:hi], a[:, lo:hi]
             # m1_i = sum_j w_ij (y_j - o_i) b_j = sum_j G_ij d_ij / g_i
             m1 = _rowdot(yb, w) - o * _rowdot(b, w)

@@ -282,3 +282,15 @@ def test_cuda_matches_cpu(kernel):
     )
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_duplicated_reference_ids_leave_out_every_match():
+    # two reference rows share id 3 (e.g. a calc point listed twice): both are left out
+    z, z_ref, y_ref = data(n=4, m=6, k=1, seed=8)
+    rid = torch.tensor([0, 3, 1, 3, 2, 5])
+    qid = torch.tensor([3, 1, 7, 5])
+    out = nadaraya_watson(z, z_ref, y_ref, 0.9, query_ids=qid, ref_ids=rid)
+    ref = slow_nw(z, z_ref, y_ref, 0.9, "gaussian", qid.tolist(), rid.tolist())
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="no reference point left"):
+        nadaraya_watson(z[:1], z_ref[:2], y_ref[:2], 0.9, query_ids=torch.tensor([4]), ref_ids=torch.tensor([4, 4]))
