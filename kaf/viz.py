@@ -75,6 +75,14 @@ def jshtml_slider(
 
     Returns:
         ``IPython.display.HTML`` holding the player (its ``.data`` is the HTML string).
+
+    Examples::
+
+        >>> def draw(fig, c):
+        ...     fig.add_subplot().plot([0, 1], [0, c])
+        >>> html = jshtml_slider(draw, [0.5, 1.0, 2.0], figsize=(2, 2), dpi=20)
+        >>> html.data.count("data:image/png")
+        3
     """
     from IPython.display import HTML
 
@@ -143,6 +151,12 @@ def calc_subset(n: int, m: int, *, seed: int = 0, device=None) -> torch.Tensor:
 
     Nested in ``m``: the calc set of size m is contained in that of size m' > m (same
     seed), so a slider over m adds points instead of redrawing a new sample.
+
+    Examples::
+
+        >>> small, large = calc_subset(10, 3), calc_subset(10, 6)
+        >>> bool((large[:3] == small).all())
+        True
     """
     if not (isinstance(m, int) and 2 <= m <= n):
         raise ValueError(f"m must be an int with 2 <= m <= n={n}, got {m!r}")
@@ -292,11 +306,12 @@ def fluid_relu_curves(v, a: float, *, variant: str = "exp"):
     v = torch.as_tensor(v, dtype=torch.float64).flatten()
     n = v.shape[0]
     act = FluidReLU(num_parameters=n, init=float(a), variant=variant).double()
+    with torch.no_grad():  # the module stores init in float32; set a exactly in float64
+        act.a.fill_(float(a))
     x = v.clone().unsqueeze(0).requires_grad_(True)
     out = act(x)
     out.sum().backward()
-    da = next(p for name, p in act.named_parameters() if name.split(".")[-1] == "a").grad
-    return (out.detach()[0].numpy(), x.grad[0].numpy(), da.detach().reshape(-1).numpy())
+    return out.detach()[0].numpy(), x.grad[0].numpy(), act.a.grad.detach().numpy()
 
 
 def draw_fluid_relu(fig, a: float, *, variants=("exp", "sigmoid"), v_range=(-6.0, 3.0)) -> None:
