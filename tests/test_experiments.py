@@ -207,3 +207,51 @@ def test_plots_return_figures():
     assert plots.curves(t) is not None
     grid = registry.vanishing_grid("quick")["grid"]
     assert plots.vanishing(grid) is not None
+
+
+def _fake_table(name, rows):
+    """Final rows of a fake experiment: each row is a dict of config overrides plus test_metric/diverged."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        value, diverged = r.pop("test_metric"), r.pop("diverged", False)
+        row = ExperimentConfig(name=name, **r).as_row()
+        row.update(epoch=1, diverged=diverged, test_metric=value, metric="accuracy", grad_norm=1.0, data=row["dataset"])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def test_max_stable_lr_rule():
+    rows = []
+    for lr, kaf, sig, kaf_div in ((0.1, 0.9, 0.9, False), (10.0, 0.95, 0.5, False), (100.0, math.nan, 0.9, True)):
+        for seed in range(2):
+            rows.append(dict(dataset="iris", output="kaf", lr=lr, seed=seed, test_metric=kaf, diverged=kaf_div))
+            rows.append(dict(dataset="iris", output="sigmoid", lr=lr, seed=seed, test_metric=sig))
+    m = verdicts.max_stable_lr(_fake_table("lr_sweep", rows)).set_index("output").max_stable_lr
+    # K-AF: 100 diverged, 10 is stable; sigmoid: 10 is below 90 % of its best (0.9), 100 is stable again
+    assert m["kaf"] == 10.0 and m["sigmoid"] == 100.0
+
+
+@pytest.mark.parametrize("shift, expected", [(0.02, "holds"), (-0.02, "fails"), (0.0, "inconclusive")])
+def test_fluid_verdict_uses_the_paired_interval(tmp_path, shift, expected):
+    rng = np.random.default_rng(0)
+    base = 0.95 + 0.01 * rng.standard_normal(10)
+    noise = 0.002 * rng.standard_normal(10) if shift else np.tile([0.004, -0.004], 5)
+    rows = []
+    for seed in range(10):
+        common = dict(dataset="mnist", model="cnn", output="identity", loss="cross_entropy", seed=seed)
+        rows.append(dict(common, hidden="relu", test_metric=base[seed]))
+        for variant in ("exp", "sigmoid"):
+            rows.append(dict(common, hidden="fluid_relu", fluid_variant=variant,
+                             test_metric=base[seed] + shift + noise[seed]))
+    _fake_table("fluid_relu", rows).to_csv(tmp_path / "fluid_relu.csv", index=False)
+    v = verdicts.compute_verdicts(tmp_path).set_index("claim_id").verdict
+    assert v["fluid-1"] == expected and v["fluid-2"] == expected
+
+
+def test_read_verdicts_rejects_unknown_ids(tmp_path):
+    pd.DataFrame([dict(claim_id="x", source="s", claim="c", verdict="holds", evidence="e", chapter="ch")]).to_csv(
+        tmp_path / "verdicts.csv", index=False)
+    assert len(verdicts.read_verdicts("x", folder=tmp_path)) == 1
+    with pytest.raises(ValueError, match="claim_ids"):
+        verdicts.read_verdicts("nope", folder=tmp_path)
