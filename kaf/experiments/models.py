@@ -143,7 +143,7 @@ class Network(nn.Module):
         return self.body(x)
 
     def link(self, z: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Output activation applied to indices ``z`` of shape (N, k) (before the affine map).
+        r"""Output activation applied to indices ``z`` of shape (N, k) (before the affine map).
 
         For K-AF the calc indices are computed without gradient: the link is the curve
         :math:`z \mapsto G(z)` for the current, fixed reference set.
