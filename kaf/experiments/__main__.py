@@ -121,6 +121,8 @@ def main(argv=None) -> int:
         print(table[["claim_id", "verdict"]].to_string(index=False))
         return 0
 
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch.cuda.is_available() is False on this machine")
     scale = get_scale(args.scale)
     out = Path(args.out) if args.out else default_out(scale)
     names = [args.name] if args.command == "run" else (args.only or list(registry.EXPERIMENTS))
