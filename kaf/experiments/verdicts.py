@@ -104,8 +104,9 @@ def _baselines_rows(folder, table_name, prefix, suffix) -> list:
             beats = kaf["mean"] < best["mean"] * (1 - RMSE_TOL)
         per.append(ok)
         word = "beats" if beats else ("matches" if ok else "is below")
+        data = table.loc[table.dataset == ds, "data"].iloc[0]  # which data actually ran (e.g. a labelled subset)
         ev = (f"{metric} K-AF {_fmt(kaf['mean'], kaf['sd'], metric)} vs best baseline {best.output} "
-              f"{_fmt(best['mean'], best['sd'], metric)} (n={int(kaf.n)} seeds; K-AF {word} it)")
+              f"{_fmt(best['mean'], best['sd'], metric)} (n={int(kaf.n)} seeds; K-AF {word} it; data: {data})")
         rows.append(_row(f"{prefix}-{ds}", THESIS, f"The K-AF output layer matches or beats the baselines on {ds}{suffix}",
                          "holds" if ok else "fails", ev, "book/experiments/baselines"))
     overall = "holds" if all(per) else ("fails" if not any(per) else "depends")
