@@ -472,8 +472,27 @@ def loo_cv_bandwidth(z, y, *, grid=None, kernel: str = "gaussian"):
 # --------------------------------------------------------------------------- Ichimura's SLS
 
 
+class _SingleIndexFit:
+    """What a fitted single-index model offers: its link and predictions.
+
+    Subclasses hold ``w``, ``bandwidth``, ``index`` (training indices), ``targets`` and ``kernel``.
+    """
+
+    def link(self, z) -> torch.Tensor:
+        """The estimated link :math:`\\hat g(z)`: NW of the training targets on the training
+        indices (no point left out), evaluated at ``z`` of shape (n,)."""
+        z = _as_column("z", z, like=self.index)
+        return nadaraya_watson(z, self.index.unsqueeze(1), self.targets.unsqueeze(1), self.bandwidth,
+                               kernel=self.kernel)[:, 0]
+
+    def predict(self, X) -> torch.Tensor:
+        """:math:`\\hat g(X \\hat w)` for new rows ``X`` of shape (n, d)."""
+        X = torch.as_tensor(X, dtype=self.w.dtype, device=self.w.device)
+        return self.link(X @ self.w)
+
+
 @dataclass
-class IchimuraResult:
+class IchimuraResult(_SingleIndexFit):
     r"""Result of :func:`ichimura`.
 
     Attributes:
@@ -500,17 +519,6 @@ class IchimuraResult:
     targets: torch.Tensor
     trimmed: int = 0
     kernel: str = "gaussian"
-
-    def link(self, z) -> torch.Tensor:
-        """The estimated link :math:`\\hat g(z)`: NW over the training indices (no point left out)."""
-        z = _as_column("z", z, like=self.index)
-        return nadaraya_watson(z, self.index.unsqueeze(1), self.targets.unsqueeze(1), self.bandwidth,
-                               kernel=self.kernel)[:, 0]
-
-    def predict(self, X) -> torch.Tensor:
-        """:math:`\\hat g(X \\hat w)` for new rows ``X`` of shape (n, d)."""
-        X = torch.as_tensor(X, dtype=self.w.dtype, device=self.w.device)
-        return self.link(X @ self.w)
 
 
 def _check_xy(X, y):
@@ -676,7 +684,7 @@ def ichimura(
 
 
 @dataclass
-class KafTronResult:
+class KafTronResult(_SingleIndexFit):
     r"""Result of :func:`kaf_tron`.
 
     Attributes:
@@ -695,16 +703,6 @@ class KafTronResult:
     index: torch.Tensor
     targets: torch.Tensor
     kernel: str = "gaussian"
-
-    def link(self, z) -> torch.Tensor:
-        """The last step's link estimate :math:`u_T(z)` (NW over the final training indices)."""
-        z = _as_column("z", z, like=self.index)
-        return nadaraya_watson(z, self.index.unsqueeze(1), self.targets.unsqueeze(1), self.bandwidth,
-                               kernel=self.kernel)[:, 0]
-
-    def predict(self, X) -> torch.Tensor:
-        X = torch.as_tensor(X, dtype=self.w.dtype, device=self.w.device)
-        return self.link(X @ self.w)
 
 
 def kaf_tron(
