@@ -259,3 +259,12 @@ def test_read_verdicts_rejects_unknown_ids(tmp_path):
     assert len(verdicts.read_verdicts("x", folder=tmp_path)) == 1
     with pytest.raises(ValueError, match="claim_ids"):
         verdicts.read_verdicts("nope", folder=tmp_path)
+
+
+def test_fluid_analytic_verdicts_match_closed_forms():
+    rows = {r["claim_id"]: r for r in verdicts.fluid_analytic_verdicts()}
+    assert rows["fluid-limits"]["verdict"] == "holds"
+    # at a = 0 and small inputs, |df/da| ~ v^2 on v < 0 and df/dv ~ 1, so the ratio of means is
+    # E[v^2; v < 0] = sigma^2 / 2: 5.0e-05 at sigma = 0.01; at sigma = 1 it is not small
+    assert "σ = 0.01: 5.0e-05" in rows["fluid-small-gradient"]["evidence"]
+    assert rows["fluid-small-gradient"]["verdict"] == "depends"

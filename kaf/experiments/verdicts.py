@@ -360,8 +360,54 @@ def fluid_verdicts(folder) -> list:
     return rows
 
 
+LIMIT_TOL = 1e-6
+SMALL_GRAD = 0.01
+GRAD_SPREADS = (0.01, 0.1, 1.0)
+
+
+def fluid_analytic_verdicts(folder=None) -> list:
+    """The FluidReLU paper's two statements about the function itself, checked on :class:`kaf.nn.FluidReLU`.
+
+    Limits: at a = ∓30 the largest gap to ReLU / the identity over v in [-10, 10] must be
+    below ``LIMIT_TOL``. Small gradient: at a = 0 (the paper's initial value) and inputs
+    v ~ N(0, σ²), the ratio mean|∂f/∂a| / mean|∂f/∂v| is *small* when below ``SMALL_GRAD``;
+    the claim holds if it is small at every σ in ``GRAD_SPREADS``, depends if at some.
+    ``folder`` is unused (no result table is needed).
+    """
+    import torch
+
+    from kaf.nn import FluidReLU
+
+    v = torch.linspace(-10, 10, 2001, dtype=torch.float64).unsqueeze(0)
+    gaps = {}
+    for a, target in ((-30.0, torch.relu(v)), (30.0, v)):
+        act = FluidReLU(init=a).double()
+        with torch.no_grad():
+            gaps[a] = float((act(v) - target).abs().max())
+    limits_ok = all(g < LIMIT_TOL for g in gaps.values())
+    rows = [_row("fluid-limits", PAPER, "FluidReLU tends to ReLU as a → −∞ and to the identity as a → +∞",
+                 "holds" if limits_ok else "fails",
+                 f"max |f − ReLU| = {gaps[-30.0]:.1e} at a = −30, max |f − v| = {gaps[30.0]:.1e} at a = +30 "
+                 f"over v in [−10, 10] (tolerance {LIMIT_TOL:g})", "book/fluid_relu")]
+    ratios = []
+    gen = torch.Generator().manual_seed(0)
+    for spread in GRAD_SPREADS:
+        x = (spread * torch.randn(1, 100_000, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        act = FluidReLU(init=0.0).double()
+        act(x).sum().backward()
+        ratios.append(float(act.a.grad.abs().sum() / x.grad.abs().sum()))
+    small = [r < SMALL_GRAD for r in ratios]
+    verdict = "holds" if all(small) else ("depends" if any(small) else "fails")
+    ev = ", ".join(f"σ = {s:g}: {r:.1e}" for s, r in zip(GRAD_SPREADS, ratios))
+    rows.append(_row("fluid-small-gradient", PAPER,
+                     "The gradient with respect to a is very small, hence the factor β",
+                     verdict, f"mean|∂f/∂a| / mean|∂f/∂v| at a = 0 for v ~ N(0, σ²): {ev} (small: < {SMALL_GRAD:g})",
+                     "book/fluid_relu"))
+    return rows
+
+
 CLAIMS = (baselines_verdicts, lr_verdict, link_verdict, singular_verdict, vanishing_verdict, house_verdicts,
-          calc_verdict, fluid_verdicts)
+          calc_verdict, fluid_verdicts, fluid_analytic_verdicts)
 
 
 def compute_verdicts(folder: str | Path | None = None) -> pd.DataFrame:
