@@ -214,8 +214,10 @@ class _GaussianNW(torch.autograd.Function):
         a, b, y, h, out, query_ids, ref_ids, keep = ctx.saved_tensors
         chunk_size = ctx.chunk_size
         need_a, need_b, need_y, need_h = ctx.needs_input_grad[:4]
-        scale = (1.0 / (math.sqrt(2.0) * h)).unsqueeze(1)
-        a_s, b_s = a * scale, b * scale
+        if keep is None:  # chunked: the weights are recomputed, chunk by chunk
+            scale = (1.0 / (math.sqrt(2.0) * h)).unsqueeze(1)
+            a_s, b_s = a * scale, b * scale
+            leave_out = _LeaveOut(query_ids, ref_ids)
         s = (1.0 / h**2).unsqueeze(1)  # (k, 1)
         # centre the targets too: only differences y_j - o_i enter
         y_centre = y.mean(1, keepdim=True)
@@ -224,7 +226,6 @@ class _GaussianNW(torch.autograd.Function):
         grad_a = torch.empty_like(a) if need_a else None
         grad_h = torch.zeros_like(h)
         col = torch.zeros((4,) + b.shape, dtype=b.dtype, device=b.device)
-        leave_out = _LeaveOut(query_ids, ref_ids) if keep is None else None
         for lo, hi in _chunks(a.shape[1], chunk_size):
             w = keep if keep is not None else _gaussian_weights(a_s[:, lo:hi], b_s, leave_out.pairs(lo, hi))
             g, o, a_c = grad_out[:, lo:hi], oc[:, lo:hi], a[:, lo:hi]
