@@ -18,8 +18,10 @@ saved tensors, the temporaries of forward and backward and the gradients:
   whose maximum is the peak. This counts tensor storage exactly (no RSS noise from the
   interpreter, libraries or the OS) and sees temporaries that are freed inside an op.
 
-Targets: FluidReLU / PReLU <= 1.5 in time and in peak memory; the script prints PASS or
-MISS for each and exits 0 either way (it is a measurement, not a test).
+Targets: FluidReLU / PReLU <= 1.0 in time and in peak memory (a drop-in replacement
+costs no more than PReLU; the fused first-order backward is what is timed, the
+differentiable one used for double backward and ``torch.func`` is not); the script prints
+PASS or MISS for each and exits 0 either way (it is a measurement, not a test).
 
 Usage::
 
@@ -44,7 +46,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kaf.nn import FluidReLU
 
-TARGET = 1.5
+TARGET = 1.0
 
 
 def _sync(device: torch.device) -> None:
