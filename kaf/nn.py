@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kaf.estimators import KERNELS, nadaraya_watson
+from kaf.estimators import KERNELS, _check_seed, nadaraya_watson
 
 __all__ = [
     "FluidReLU",
@@ -118,11 +120,15 @@ def _fluid_derivatives(v: Tensor, a: Tensor, channel_shape, variant: str):
     return 2 * (r + tq), (-2 * tq) * v
 
 
-def _reduce_to(x: Tensor, a_shape) -> Tensor:
-    """Sum an input-shaped tensor down to the shape of ``a``: per channel (dimension 1) or over all."""
-    if len(a_shape) and a_shape[0] > 1:
-        return x.sum(dim=[d for d in range(x.dim()) if d != 1])
-    return x.sum().reshape(a_shape)
+def _reduce_to(x: Tensor, a: Tensor) -> Tensor:
+    """Sum an input-shaped tensor down to the shape of ``a``, per channel (dimension 1) or over all.
+
+    Accumulates in ``a``'s dtype: a half-precision input's per-channel sums (and their
+    product with a large ``grad_scale``) would overflow float16.
+    """
+    if a.dim() and a.shape[0] > 1:
+        return x.sum(dim=[d for d in range(x.dim()) if d != 1], dtype=a.dtype)
+    return x.sum(dtype=a.dtype).reshape(a.shape)
 
 
 class _FluidReLUFunction(torch.autograd.Function):
@@ -175,7 +181,7 @@ class _FluidReLUFunction(torch.autograd.Function):
             grad_v = df_dv * grad if need_v else None
             grad_a = None
             if need_a:
-                grad_a = (_reduce_to(df_da * grad, a.shape) * ctx.grad_scale).to(a.dtype)
+                grad_a = _reduce_to(df_da * grad, a) * ctx.grad_scale
             return grad_v, grad_a, None, None, None
         s = _channel_scale(a, v.dtype, ctx.channel_shape)
         t = _negative_exponent(v, s)
@@ -195,7 +201,7 @@ class _FluidReLUFunction(torch.autograd.Function):
         if need_a:
             t.mul_(v)  # now v * (the a-derivative without its minus sign) * g
             # beta scales the reduced gradient, so it is exactly beta times the unscaled one.
-            grad_a = _reduce_to(t, a.shape).neg_().mul_(ctx.grad_scale).to(a.dtype)
+            grad_a = _reduce_to(t, a).neg_().mul_(ctx.grad_scale)
         return grad_v, grad_a, None, None, None
 
 
@@ -302,8 +308,8 @@ class FluidReLU(nn.Module):
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
-        if not _is_finite_number(init):
-            raise ValueError(f"init must be a finite number, got {init!r}")
+        if not _is_finite_number(init) or not math.isfinite(torch.tensor(float(init)).item()):
+            raise ValueError(f"init must be a finite number (in the default dtype's range), got {init!r}")
         if not _is_finite_number(grad_scale) or grad_scale <= 0:
             raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale!r}")
         if variant not in _FLUID_VARIANTS:
@@ -315,8 +321,7 @@ class FluidReLU(nn.Module):
         self.a = nn.Parameter(torch.full((num_parameters,), float(init)))
 
     def forward(self, input: Tensor) -> Tensor:
-        if not input.is_floating_point():
-            raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        _check_float_input(input)
         if self.num_parameters == 1:
             channel_shape = (1,) * input.dim()
         else:
@@ -336,12 +341,18 @@ class FluidReLU(nn.Module):
 
 
 def _is_finite_number(x) -> bool:
-    if isinstance(x, bool):
+    """A finite real number: Python or numpy, or a one-element real tensor; not a bool or a string."""
+    if isinstance(x, Tensor):
+        if x.numel() != 1 or x.is_complex() or x.dtype == torch.bool:
+            return False
+    elif isinstance(x, bool) or not isinstance(x, numbers.Real):
         return False
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+    return math.isfinite(float(x))
+
+
+def _check_float_input(input) -> None:
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise ValueError(f"input must be a floating-point tensor, got {_describe(input)}")
 
 
 # --------------------------------------------------------------------------- Swish
@@ -372,7 +383,9 @@ class Swish(nn.Module):
         super().__init__()
         if not _is_finite_number(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
-        self.learnable = bool(learnable)
+        if not isinstance(learnable, bool):
+            raise ValueError(f"learnable must be True or False, got {learnable!r}")
+        self.learnable = learnable
         b = torch.tensor(float(beta))
         if self.learnable:
             self.beta = nn.Parameter(b)
@@ -380,6 +393,7 @@ class Swish(nn.Module):
             self.register_buffer("beta", b)
 
     def forward(self, input: Tensor) -> Tensor:
+        _check_float_input(input)
         if not self.learnable and float(self.beta) == 1.0:
             return F.silu(input)  # same function, one fused kernel
         return input * torch.sigmoid(self.beta * input)
@@ -452,7 +466,9 @@ class KernelActivation(nn.Module):
             raise ValueError(f"bandwidth must be finite and > 0, got {h.tolist()}")
         self.kernel = kernel
         self.chunk_size = chunk_size
-        self.learn_bandwidth = bool(learn_bandwidth)
+        if not isinstance(learn_bandwidth, bool):
+            raise ValueError(f"learn_bandwidth must be True or False, got {learn_bandwidth!r}")
+        self.learn_bandwidth = learn_bandwidth
         if self.learn_bandwidth:
             self.log_bandwidth = nn.Parameter(h.log())
         else:
@@ -569,6 +585,9 @@ class KernelOutput(nn.Module):
         super().__init__()
         if not isinstance(body, nn.Module) and not callable(body):
             raise ValueError(f"body must be an nn.Module (or callable) mapping (N, ...) to (N, k), got {type(body).__name__}")
+        weight = next((p for p in body.parameters() if p.is_floating_point()), None) if isinstance(body, nn.Module) else None
+        if weight is not None and isinstance(calc_x, Tensor) and calc_x.is_floating_point() and calc_x.dtype != weight.dtype:
+            raise ValueError(f"calc_x must have the dtype of body's parameters ({weight.dtype}), got {calc_x.dtype}")
         self.body = body
         self.activation = KernelActivation(
             bandwidth=bandwidth, kernel=kernel, learn_bandwidth=learn_bandwidth, chunk_size=chunk_size
@@ -644,9 +663,12 @@ class KernelOutput(nn.Module):
             raise ValueError(f"x must have shape (m, {', '.join(map(str, self.calc_x.shape[1:]))}), got {tuple(x.shape)}")
         if n_classes is None and self.n_classes and isinstance(y, Tensor) and not y.is_floating_point():
             n_classes = self.n_classes
-        cx, cy, cids, nc = self._validated_calc(
-            x, y, ids, n_classes, dtype=self.calc_x.dtype, device=self.calc_x.device
-        )
+        try:
+            cx, cy, cids, nc = self._validated_calc(
+                x, y, ids, n_classes, dtype=self.calc_x.dtype, device=self.calc_x.device
+            )
+        except ValueError as err:  # the constructor's checks, told in this method's argument names
+            raise ValueError(re.sub(r"\bcalc_(x|y|ids)\b", r"\1", str(err))) from None
         if cy.shape[1] != self.calc_y.shape[1]:
             raise ValueError(f"y must give {self.calc_y.shape[1]} output columns like the current calc_y, got {cy.shape[1]}")
         self.calc_x, self.calc_y, self.calc_ids, self.n_classes = cx, cy, cids, nc
@@ -685,7 +707,24 @@ class KernelOutput(nn.Module):
         """
         return self.activation(z, self.index(self.calc_x), self.calc_y)
 
+    def _check_batch(self, x, ids) -> None:
+        trailing = tuple(self.calc_x.shape[1:])
+        if not isinstance(x, Tensor) or not x.is_floating_point() or tuple(x.shape[1:]) != trailing or x.dim() < 1:
+            raise ValueError(f"x must be a floating-point tensor of shape (N, {', '.join(map(str, trailing))}) like "
+                             f"calc_x, got {_describe(x)}")
+        if x.dtype != self.calc_x.dtype:
+            raise ValueError(f"x must have the calc set's dtype {self.calc_x.dtype}, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains non-finite values (NaN or inf)")
+        if ids is not None and (
+            not isinstance(ids, Tensor) or ids.dim() != 1 or ids.shape[0] != x.shape[0]
+            or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool
+        ):
+            raise ValueError(f"ids must be a 1-D integer tensor with one training-row id per row of x "
+                             f"({x.shape[0]}), got {_describe(ids)}")
+
     def forward(self, x: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+        self._check_batch(x, ids)
         z = self.index(x)
         z_ref = self.index(self.calc_x)
         if ids is None:
@@ -736,14 +775,14 @@ def select_calc(y: Tensor, size: int, *, policy: str = "random", seed: int = 0) 
         >>> torch.bincount(y[idx]).tolist()
         [8, 2]
     """
-    if not isinstance(y, Tensor) or y.dim() not in (1, 2) or y.shape[0] == 0:
-        raise ValueError(f"y must be a non-empty tensor of shape (n,) or (n, k), got {_describe(y)}")
+    if not isinstance(y, Tensor) or y.dim() not in (1, 2) or y.shape[0] == 0 or y.is_complex():
+        raise ValueError(f"y must be a non-empty real tensor of shape (n,) or (n, k), got {_describe(y)}")
     n = y.shape[0]
     if isinstance(size, bool) or not isinstance(size, int) or size < 2 or size > n:
         raise ValueError(f"size must be an int with 2 <= size <= n = {n} (leave-one-out needs 2), got {size!r}")
     if policy not in _CALC_POLICIES:
         raise ValueError(f"policy must be one of {_CALC_POLICIES}, got {policy!r}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(_check_seed("seed", seed))
     y_cpu = y.detach().cpu()
     if policy == "random":
         idx = torch.randperm(n, generator=gen)[:size]
@@ -859,10 +898,23 @@ def make_activation(name: str, **kwargs) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"name must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     factory = ACTIVATIONS[name]
+    signature = inspect.signature(factory)
     try:
-        inspect.signature(factory).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad keyword arguments for activation {name!r}: {err}") from None
+    for key, value in kwargs.items():  # the torch modules check none of these themselves
+        default = signature.parameters[key].default
+        if value is None and default is None:
+            continue
+        if key == "num_parameters":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"num_parameters must be a positive int, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be True or False, got {value!r}")
+        elif isinstance(default, (int, float)) and not _is_finite_number(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
     return factory(**kwargs)
 
 
@@ -912,6 +964,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
         >>> [len(g["params"]) for g in opt.param_groups]
         [4, 1]
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not _is_finite_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     shape_ids = {id(p) for p in _shape_parameters(model)}
