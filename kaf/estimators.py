@@ -652,7 +652,8 @@ def ichimura(
     kernel, points whose window holds no other point are trimmed from the objective
     (a vanishing denominator is invalid, not divided by).
 
-    Cost per evaluation: :math:`O(n^2)` (every point is a reference point).
+    Cost per evaluation: :math:`O(n^2)` (every point is a reference point). The fit runs in
+    float64 whatever the dtype of ``X``; the result is returned in ``X``'s dtype.
 
     Args:
         X: regressors, shape (n, d); put them on comparable scales first.
@@ -689,7 +690,7 @@ def ichimura(
     if not isinstance(learn_bandwidth, bool):
         raise ValueError(f"learn_bandwidth must be True or False, got {learn_bandwidth!r}")
     # Fitted in float64 (an O(n^2) problem, small): in float32 the gradients, of order y^2 / h,
-    # overflow for badly scaled data; the results are returned in X's dtype.
+    # overflow for badly scaled data; the results are returned in X's dtype (float32 for half).
     dtype = X.dtype
     X, y = X.double(), y.double()
     n, d = X.shape
