@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from kaf.estimators import KERNELS
 from kaf.nn import ACTIVATIONS, KernelActivation, KernelOutput, make_activation
@@ -253,13 +254,16 @@ def test_compile_matches_eager(case):
 
 
 @pytest.mark.parametrize("variant", ["exp", "sigmoid"])
-def test_fluid_relu_compiles_with_inductor_in_one_graph(variant):
+def test_fluid_relu_compiles_with_inductor_in_one_graph(variant, tmp_path):
     torch._dynamo.reset()
     module = _perturbed(make_activation("fluid_relu" if variant == "exp" else "fluid_relu_sigmoid",
                                        num_parameters=CHANNELS, grad_scale=100.0))
     args = _activation_inputs(torch.float32)
-    compiled = torch.compile(module, fullgraph=True)  # default backend: inductor
-    _assert_same(_outputs_and_grads(module, args), _outputs_and_grads(compiled, args), rtol=1e-5, atol=1e-6)
+    # A private code cache: inductor's on-disk cache does not key on ATEN_CPU_CAPABILITY, and
+    # kernels cached by a run under another capability fail to build (at::vec undeclared).
+    with temporary_cache_dir(str(tmp_path)):
+        compiled = torch.compile(module, fullgraph=True)  # default backend: inductor
+        _assert_same(_outputs_and_grads(module, args), _outputs_and_grads(compiled, args), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["fluid_relu", "fluid_relu_sigmoid"])
