@@ -619,6 +619,20 @@ def ichimura(
         True
     """
     X, y = _check_xy(X, y)
+    _check_fit_args(n_starts, steps, kernel, bandwidth)
+    w_ols = _ols_direction(X, y)
+    h_init = bandwidth if bandwidth is not None else rule_of_thumb_bandwidth(X @ w_ols)
+    fit = _fit_single_index(X, y, lambda g, t: (t - g).square(), _starts(w_ols, n_starts, seed), h_init,
+                            steps=steps, learn_bandwidth=learn_bandwidth, kernel=kernel)
+    w = fit["w"]
+    if float(w @ w_ols) < 0:  # the model identifies w only up to sign: agree with OLS
+        w = -w
+    return IchimuraResult(w=w, bandwidth=fit["bandwidth"], loss=fit["loss"], history=fit["history"],
+                          start_losses=fit["start_losses"], index=X @ w, targets=y, trimmed=fit["trimmed"],
+                          kernel=kernel)
+
+
+def _check_fit_args(n_starts, steps, kernel, bandwidth):
     if not isinstance(n_starts, int) or n_starts < 1:
         raise ValueError(f"n_starts must be an int >= 1, got {n_starts!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -627,19 +641,33 @@ def ichimura(
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
-    n, d = X.shape
-    ids = torch.arange(n, device=X.device)
-    w_ols = _ols_direction(X, y)
-    h_init = bandwidth if bandwidth is not None else rule_of_thumb_bandwidth(X @ w_ols)
+
+
+def _starts(first: torch.Tensor, n_starts: int, seed: int) -> list:
+    """``first`` (a parametric fit's direction) followed by ``n_starts - 1`` seeded random directions."""
     gen = torch.Generator().manual_seed(seed)
-    starts = [w_ols] + [torch.randn(d, generator=gen, dtype=torch.float64).to(X) for _ in range(n_starts - 1)]
+    return [first] + [torch.randn(first.shape[0], generator=gen, dtype=torch.float64).to(first)
+                      for _ in range(n_starts - 1)]
+
+
+def _fit_single_index(X, y, pointwise, starts, h_init, *, steps, learn_bandwidth, kernel) -> dict:
+    r"""Minimise :math:`\frac1n\sum_i \ell(\hat g_{-i}(x_i^\top w; h), y_i)` over :math:`(v, \log h)`,
+    :math:`w = v/\|v\|`, by L-BFGS from every start; return the best start's fit.
+
+    ``pointwise(fit, y)`` gives the per-point loss :math:`\ell`. The leave-one-out fit is
+    :func:`nadaraya_watson` with every point a reference point. With a compact kernel,
+    points whose window holds no other point are trimmed from the mean (a vanishing
+    denominator is invalid, not divided by). Returns a dict with ``w`` (unit norm, sign
+    as the optimiser left it), ``bandwidth``, ``loss``, ``history`` (the loss at every
+    evaluation of the best start), ``start_losses`` and ``trimmed``.
+    """
+    ids = torch.arange(X.shape[0], device=X.device)
 
     def objective(v, log_h):
-        w = v / v.norm()
-        z = (X @ w).unsqueeze(1)
+        z = (X @ (v / v.norm())).unsqueeze(1)
         h = log_h.exp()
         fit = nadaraya_watson(z, z, y.unsqueeze(1), h, kernel=kernel, query_ids=ids, ref_ids=ids)[:, 0]
-        err = (y - fit).square()
+        err = pointwise(fit, y)
         if kernel != "gaussian":
             valid = _valid_window(z[:, 0].detach(), float(h))
             return err[valid].mean() if bool(valid.any()) else err.sum() * float("nan"), int((~valid).sum())
@@ -673,12 +701,8 @@ def ichimura(
             best = (float(loss), v.detach().clone(), float(log_h.detach().exp()), history, trimmed)
 
     loss, v, h, history, trimmed = best
-    w = v / v.norm()
-    if float(w @ w_ols) < 0:  # the model identifies w only up to sign: agree with OLS
-        w = -w
-    z = X @ w
-    return IchimuraResult(w=w, bandwidth=h, loss=loss, history=history, start_losses=start_losses,
-                          index=z, targets=y, trimmed=trimmed, kernel=kernel)
+    return dict(w=v / v.norm(), bandwidth=h, loss=loss, history=history, start_losses=start_losses,
+                trimmed=trimmed)
 
 
 # --------------------------------------------------------------------------- K-AF-tron
