@@ -32,9 +32,10 @@ def curves(table: pd.DataFrame, y: str = "test_metric", hue: str = "output", *, 
         sub = table if g is None else table[table[panels] == g]
         for h, d in sub.groupby(hue, sort=False):
             stats = d.groupby("epoch")[y].agg(["mean", "std"]).fillna(0.0)
-            ax.plot(stats.index, stats["mean"], label=str(h), color=_color(h), lw=2 if h == "kaf" else 1)
+            (line,) = ax.plot(stats.index, stats["mean"], label=str(h), color=_color(h), lw=2 if h == "kaf" else 1)
+            # the band takes the line's colour (also for a hue without a fixed colour)
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                            color=_color(h), alpha=0.15)
+                            color=line.get_color(), alpha=0.15)
         ax.set_xlabel("epoch")
         ax.set_ylabel(y)
         if logy:
@@ -229,7 +230,7 @@ def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test
     from kaf.experiments.analysis import paired_ci
 
     fin = final_rows(table)
-    names = list(fin[groups].unique())
+    names = list(table[groups].unique())  # in the order the runs were made
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
     if tol is not None:
         ax.axhspan(-tol, tol, color="0.9", zorder=0, label=f"tie band ±{tol:g}")
