@@ -135,15 +135,16 @@ def kaf_nll(out: torch.Tensor, target: torch.Tensor, *, trim: float = PROB_TRIM)
     :math:`k` regresses the indicator :math:`t_k = 1[\text{class} = k]` on its own index
     :math:`z_k`, so :math:`G_k` *is* an estimate of the binary probability
     :math:`P(t_k = 1 \mid z_k)` — each unit is a binary single-index model, and its
-    likelihood is exactly Klein and Spady's. The sum over units is therefore the
-    likelihood the estimator itself defines (one Bernoulli per unit), a proper scoring
-    rule for each unit's probability. Dividing by the row sum,
-    :math:`G_k / \sum_j G_j`, would instead build a multinomial model the estimator does
-    not estimate: the units condition on different indices, so the ratio is no
-    conditional probability of anything; it is blind to a common rescaling of the
-    units (a row of estimates all near 0 is as good as one near 1); and it is unstable
-    where every :math:`G_j` is small. For two classes the two units model
-    :math:`t_1 = 1 - t_0` separately, as the squared error on one-hot targets does.
+    likelihood is exactly Klein and Spady's. The sum over units scores each unit's
+    probability with its own likelihood (a proper scoring rule for it); like the
+    element-wise estimator and the squared error, it treats the units' outcomes as
+    separate events and does not use that exactly one :math:`t_k` is 1. Dividing by the
+    row sum, :math:`G_k / \sum_j G_j`, would instead build a multinomial model the
+    estimator does not estimate: the units condition on different indices, so the ratio
+    is not a conditional probability any unit estimates; it is blind to a common
+    rescaling of the units (a row of estimates all near 0 scores as well as one near 1);
+    and it is unstable where every :math:`G_j` is small. For two classes the two units
+    model :math:`t_1 = 1 - t_0` separately, as the squared error on one-hot targets does.
 
     The reduction (sum over units, mean over rows) makes each row's term the
     log-likelihood of its :math:`K` binary outcomes; the squared error it replaces is
