@@ -205,10 +205,11 @@ def test_bandwidth_view_moves_and_computes_kafs_numbers(browser):
         pixels = page.figure_pixels()
         page.press(control, key, times)
         values = page.wait_for_change(values)
-        check(values, curve=control.startswith(".bk-Select") or "noise" in control)
+        check(values, curve=False)  # the whole curve: at the start and the end (slow in kaf)
         after = page.figure_pixels()
         assert any(a != b for a, b in zip(pixels, after)), f"{control} {key}: no figure changed"
     assert values["kernel"] == "uniform" and values["noise_sd"] == pytest.approx(0.55)
+    check(values, curve=True)
     page.check_clean()
 
 

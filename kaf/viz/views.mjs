@@ -238,7 +238,7 @@ function bandwidthView(args, obj) {
 function kafView(args, obj) {
   const { data, calcPoints, grid, curve, markerLoo, markerGrad, readout } = args;
   const h = 10 ** args.h.value;
-  const m = args.m.value;
+  const m = Math.round(args.m.value); // an integer slider; guard against a float step
   const { z, y, order } = data.data;
   const n = z.length;
   const rank = ranks(order);
