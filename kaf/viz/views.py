@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -103,9 +104,12 @@ class View:
         only in a live Jupyter notebook, see the module docstring)."""
         from bokeh.embed import json_item
 
-        eid = self.element_id
+        inline = _live_notebook() if inline_bokehjs is None else inline_bokehjs
+        # a live JupyterLab page can hold several notebooks, whose kernels count model
+        # ids alike: there the element id also gets a random part
+        eid = self.element_id + (f"-{uuid.uuid4().hex[:8]}" if inline else "")
         item = json.dumps(json_item(self.layout, target=eid)).replace("</", "<\\/")
-        parts = [_bokehjs_inline()] if (_live_notebook() if inline_bokehjs is None else inline_bokehjs) else []
+        parts = [_bokehjs_inline()] if inline else []
         parts.append(
             f'<div class="kaf-view" id="{eid}" data-kaf-view="{self.kind}"></div>\n'
             f'<script type="application/json" id="{eid}-item">{item}</script>\n'
