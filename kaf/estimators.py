@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "KERNELS",
     "nadaraya_watson",
+    "kernel_density",
     "rule_of_thumb_bandwidth",
     "loo_cv_bandwidth",
     "ichimura",
@@ -428,6 +429,51 @@ def rule_of_thumb_bandwidth(z: torch.Tensor) -> float:
         raise ValueError(f"z must hold at least 2 points to estimate a spread, got {n}")
     sd = float(z.detach().std(dim=0).mean())
     return 1.06 * sd * n ** (-0.2) if sd > 0 else 1.0
+
+
+#: Each kernel as a probability density on u (the constants that cancel in the
+#: Nadaraya–Watson ratio, but not in a density estimate).
+_DENSITY_CONSTANT = {"gaussian": 1 / math.sqrt(2 * math.pi), "epanechnikov": 1.0, "triangular": 1.0, "uniform": 1.0}
+
+
+def kernel_density(z: torch.Tensor, z_ref: torch.Tensor, h, *, kernel: str = "gaussian") -> torch.Tensor:
+    r"""Kernel density estimate of a 1-D index, the denominator of Nadaraya–Watson:
+
+    .. math::
+
+        \hat p(z) = \frac{1}{m h} \sum_{j=1}^m K\!\left(\frac{z - z^{\mathrm{ref}}_j}{h}\right)
+
+    with :math:`K` the kernel as a density (:math:`\varphi(u) = e^{-u^2/2}/\sqrt{2\pi}`
+    for ``"gaussian"``; the compact kernels of :data:`KERNELS` integrate to one as they
+    stand).
+
+    Args:
+        z: where to evaluate, shape (n,).
+        z_ref: the sample, shape (m,), m >= 1.
+        h: bandwidth, a positive number.
+        kernel: one of :data:`KERNELS`.
+
+    Returns:
+        Tensor of shape (n,), on the device and dtype of ``z``.
+
+    Examples::
+
+        >>> p = kernel_density(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 1.0)
+        >>> round(p.item(), 4)  # the standard normal density at 0
+        0.3989
+    """
+    z = _check_tensor("z", z, 1)
+    z_ref = _check_tensor("z_ref", z_ref, 1)
+    if z_ref.shape[0] == 0:
+        raise ValueError("z_ref must hold at least one point")
+    if z_ref.dtype != z.dtype or z_ref.device != z.device:
+        raise ValueError(f"z and z_ref must share dtype and device, got {z.dtype}/{z.device}, {z_ref.dtype}/{z_ref.device}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    h_t = _as_bandwidth(h, 1, z)[0]
+    u = (z.unsqueeze(1) - z_ref.unsqueeze(0)) / h_t
+    k = torch.exp(-0.5 * u.square()) if kernel == "gaussian" else _compact_kernel(kernel, u)
+    return k.mean(dim=1) * (_DENSITY_CONSTANT[kernel] / h_t)
 
 
 def _loo_mse(z, y, h, kernel) -> torch.Tensor:
