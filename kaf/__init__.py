@@ -1,6 +1,6 @@
 """kaf: kernel activation functions (K-AF) and FluidReLU for PyTorch."""
 
-from kaf.estimators import ichimura, kaf_tron, loo_cv_bandwidth, nadaraya_watson
+from kaf.estimators import ichimura, kaf_tron, klein_spady, loo_cv_bandwidth, nadaraya_watson
 from kaf.nn import (
     ACTIVATIONS,
     FluidReLU,
@@ -28,4 +28,5 @@ __all__ = [
     "ichimura",
     "kaf_tron",
     "loo_cv_bandwidth",
+    "klein_spady",
 ]

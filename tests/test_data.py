@@ -64,7 +64,8 @@ def _class_counts(y: torch.Tensor, n_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------- bundled sets
 
 
-@pytest.mark.parametrize("name, n, n_features, n_classes", [("iris", 150, 4, 3), ("wine", 178, 13, 3)])
+@pytest.mark.parametrize("name, n, n_features, n_classes",
+                         [("iris", 150, 4, 3), ("wine", 178, 13, 3), ("breast_cancer", 569, 30, 2)])
 def test_bundled_shapes_dtypes_and_stratification(name, n, n_features, n_classes):
     ds = load_dataset(name, seed=3)
     info = ds.info
@@ -82,6 +83,24 @@ def test_bundled_shapes_dtypes_and_stratification(name, n, n_features, n_classes
     assert np.all(np.abs(test - total * info.n_test / n) <= 1.0)
     assert info.label().startswith(f"{name}: ") and f"{info.n_train} train / {info.n_test} test" in info.label()
     assert len(info.checksum) == 12 and len(info.split_checksum) == 12
+
+
+def test_breast_cancer_is_sklearns_binary_set_standardised():
+    from sklearn.datasets import load_breast_cancer
+
+    bc = load_breast_cancer()
+    ds = load_dataset("breast_cancer", seed=0)
+    raw = load_dataset("breast_cancer", seed=0, standardize_x=False)
+    assert ds.info.n_classes == 2 and ds.info.standardized_x and ds.info.feature_names == tuple(bc.feature_names)
+    assert "0 = malignant, 1 = benign" in ds.info.note
+    # every raw row is one of scikit-learn's rows, with scikit-learn's label
+    label_of = {tuple(np.float32(r)): int(t) for r, t in zip(bc.data, bc.target)}
+    assert [label_of[tuple(r)] for r in raw.X_train.numpy()] == raw.y_train.tolist()
+    assert np.bincount(torch.cat([ds.y_train, ds.y_test]).numpy()).tolist() == [212, 357]
+    # standardised with the training rows' statistics (the default for tabular sets)
+    torch.testing.assert_close(ds.X_train.double().mean(0), torch.zeros(30, dtype=torch.double), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ds.X_train.double().std(0, unbiased=False), torch.ones(30, dtype=torch.double),
+                               atol=1e-4, rtol=0)
 
 
 def test_standardize_x_uses_training_rows_only():

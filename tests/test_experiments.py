@@ -268,3 +268,99 @@ def test_fluid_analytic_verdicts_match_closed_forms():
     # E[v^2; v < 0] = sigma^2 / 2: 5.0e-05 at sigma = 0.01; at sigma = 1 it is not small
     assert "σ = 0.01: 5.0e-05" in rows["fluid-small-gradient"]["evidence"]
     assert rows["fluid-small-gradient"]["verdict"] == "depends"
+
+
+# --------------------------------------------------------------------------- likelihood (Klein-Spady) loss
+
+
+def test_kaf_nll_is_the_per_unit_bernoulli_likelihood():
+    from kaf.estimators import PROB_TRIM
+    from kaf.experiments.train import kaf_nll
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    out[0, 1] = 0.0  # a confidently wrong unit: finite thanks to the trimming
+    target = torch.nn.functional.one_hot(torch.tensor([1, 0, 2, 2, 1, 0, 1]), 3).double()
+    q = PROB_TRIM + (1 - 2 * PROB_TRIM) * out.numpy()
+    t = target.numpy()
+    expected = -(t * np.log(q) + (1 - t) * np.log(1 - q)).sum(1).mean()
+    assert float(kaf_nll(out, target)) == pytest.approx(expected, rel=1e-12)
+    assert math.isfinite(float(kaf_nll(out, target)))
+
+
+def test_nll_run_records_the_likelihood_it_trains_on():
+    from kaf.experiments.train import kaf_nll
+
+    cfg = ExperimentConfig(dataset="breast_cancer", output="kaf", loss="nll", epochs=2)
+    table, net, prep = run(cfg, return_model=True)
+    assert prep.T_test.shape == (prep.X_test.shape[0], 2)  # one-hot, one K-AF unit per class
+    with torch.no_grad():
+        test = kaf_nll(net(prep.X_test), prep.T_test)
+        n = min(prep.n_train, 1000)
+        loo = kaf_nll(net(prep.X_train[:n], torch.arange(n)), prep.T_train[:n])
+    assert table.test_loss.iloc[-1] == pytest.approx(float(test), rel=1e-5)
+    assert table.train_loss.iloc[-1] == pytest.approx(float(loo), rel=1e-5)
+    assert table.test_metric.iloc[-1] > 0.8  # it learns (the majority class is 63 %)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(output="sigmoid", loss="nll"), "needs output='kaf'"),
+                                        (dict(dataset="house", loss="nll"), "classification"),
+                                        (dict(output="kaf", loss="cross_entropy"), "'mse' or 'nll'")])
+def test_nll_config_checks(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(**bad)
+
+
+def test_likelihood_experiment_pairs_seeds_on_four_data_sets():
+    configs = registry.experiment_configs("likelihood", "full")
+    per = pd.Series([(c.dataset, c.loss) for c in configs]).value_counts()
+    assert per.min() >= 5 and set(per.index) == {(d, l) for d in ("iris", "wine", "breast_cancer", "mnist")
+                                                  for l in ("mse", "nll")}
+    # paired: the two losses of a seed differ in nothing else
+    for c in configs:
+        assert c.replace(loss="nll" if c.loss == "mse" else "mse") in configs
+
+
+@pytest.mark.parametrize("diff, half, expected", [(0.03, 0.01, "better"), (-0.03, 0.01, "worse"),
+                                                  (0.002, 0.005, "tie"), (0.005, 0.02, "unresolved"),
+                                                  (0.008, 0.005, "unresolved"), (0.015, 0.02, "unresolved")])
+def test_paired_outcome_against_the_tie_band(diff, half, expected):
+    assert verdicts.paired_outcome(diff, half, tol=0.01) == expected
+
+
+@pytest.mark.parametrize("shifts, overall", [((0.03, 0.03), "holds"), ((0.0, 0.0), "fails"),
+                                             ((0.03, 0.0), "depends"), ((0.03, None), "inconclusive")])
+def test_likelihood_verdict_from_paired_seeds(tmp_path, shifts, overall):
+    rng = np.random.default_rng(1)
+    rows = []
+    for ds, shift in zip(("iris", "wine"), shifts):
+        base = 0.9 + 0.01 * rng.standard_normal(6)
+        # None: a noisy difference whose interval covers the tie band
+        noise = 0.05 * rng.standard_normal(6) if shift is None else 0.001 * rng.standard_normal(6)
+        for seed in range(6):
+            common = dict(dataset=ds, output="kaf", seed=seed)
+            rows.append(dict(common, loss="mse", test_metric=base[seed]))
+            rows.append(dict(common, loss="nll", test_metric=base[seed] + (shift or 0.0) + noise[seed]))
+    _fake_table("likelihood", rows).to_csv(tmp_path / "likelihood.csv", index=False)
+    v = verdicts.compute_verdicts(tmp_path).set_index("claim_id").verdict
+    assert v["kaf-nll"] == overall
+    per = {0.03: "holds", 0.0: "fails", None: "inconclusive"}
+    assert v["kaf-nll-iris"] == per[shifts[0]] and v["kaf-nll-wine"] == per[shifts[1]]
+
+
+def test_paired_differences_plot_marks_the_paired_interval():
+    import matplotlib
+
+    from kaf.experiments import plots
+
+    matplotlib.use("Agg")
+    rows = []
+    for seed, (m, n) in enumerate([(0.90, 0.93), (0.92, 0.93), (0.91, 0.95)]):
+        rows += [dict(dataset="iris", output="kaf", loss="mse", seed=seed, test_metric=m),
+                 dict(dataset="iris", output="kaf", loss="nll", seed=seed, test_metric=n)]
+    fig = plots.paired_differences(_fake_table("likelihood", rows), by="loss", a="nll", b="mse", tol=0.01)
+    mean, half = analysis.paired_ci([0.93, 0.93, 0.95], [0.90, 0.92, 0.91])
+    bar = fig.axes[0].containers[0]  # the errorbar: its marker at the mean, its caps at mean ± half
+    assert float(bar.lines[0].get_ydata()[0]) == pytest.approx(mean)
+    assert sorted(float(c.get_ydata()[0]) for c in bar.lines[1]) == pytest.approx([mean - half, mean + half])
+    assert mean == pytest.approx(0.026666, abs=1e-5) and half > 0

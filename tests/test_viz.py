@@ -1,4 +1,11 @@
-"""kaf.viz: the slider machinery and the numbers its views show, against slow references."""
+"""kaf.viz: the numbers the views show (against slow references), and what each view ships
+to the browser (data, nestedness, initial state equal to kaf's numbers).
+
+The browser-side computation itself is held against kaf in tests/test_browser.py."""
+
+import json
+import re
+from pathlib import Path
 
 import matplotlib
 
@@ -6,13 +13,16 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kaf import viz  # noqa: E402
+from kaf.estimators import KERNELS, kernel_density, nadaraya_watson  # noqa: E402
 from kaf.nn import ACTIVATIONS  # noqa: E402
+from kaf.viz import views  # noqa: E402
 
-SMALL = dict(figsize=(2.0, 1.5), dpi=20)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(n=40, seed=0):
@@ -22,30 +32,21 @@ def _data(n=40, seed=0):
     return z, y
 
 
-def test_jshtml_slider_embeds_one_png_per_frame_and_closes_its_figure():
-    before = plt.get_fignums()
-    seen = []
-
-    def draw(fig, frame):
-        seen.append(frame)
-        fig.add_subplot().plot([0, 1], [0, frame])
-
-    html = viz.jshtml_slider(draw, [1, 2, 3, 4], **SMALL)
-    assert html.data.count("data:image/png") == 4
-    assert 'type="range"' in html.data
-    assert set(seen) == {1, 2, 3, 4}
-    assert plt.get_fignums() == before
+def _model(view, cls_name, **match):
+    """The one model of a view's layout of type ``cls_name`` whose properties match."""
+    found = [m for m in view.layout.references() if type(m).__name__ == cls_name
+             and all(getattr(m, k, None) == v for k, v in match.items())]
+    assert len(found) == 1, f"expected one {cls_name} with {match}, found {len(found)}"
+    return found[0]
 
 
-@pytest.mark.parametrize("frames", [[], list(range(viz.MAX_FRAMES + 1))])
-def test_jshtml_slider_rejects_frame_counts_outside_the_limit(frames):
-    with pytest.raises(ValueError, match="frames"):
-        viz.jshtml_slider(lambda fig, f: None, frames, **SMALL)
+def _readout(view):
+    texts = [m.text for m in view.layout.references() if type(m).__name__ == "Div" and "kaf-readout" in m.text]
+    assert len(texts) == 1
+    return json.loads(re.search(r"data-values='([^']*)'", texts[0]).group(1))
 
 
-def test_live_slider_needs_a_control():
-    with pytest.raises(ValueError, match="sliders"):
-        viz.live_slider(lambda fig, p: None)
+# --------------------------------------------------------------------------- numbers
 
 
 def test_calc_subset_is_nested_seeded_and_validated():
@@ -89,32 +90,87 @@ def test_nw_loo_grid_shape_and_values():
     assert grid[1, 1] == pytest.approx(viz.nw_loo_mse(z, y, 1.0, viz.calc_subset(40, 40, seed=0)))
 
 
-def test_nw_view_static_has_one_frame_per_grid_point_and_live_has_two_sliders():
-    z, y = _data()
-    html = viz.nw_view(z, y, [0.2, 0.5, 1.0], [5, 40], **SMALL)
-    assert html.data.count("data:image/png") == 6
-    live = viz.nw_view(z, y, [0.2, 0.5, 1.0], [5, 40], live=True, figsize=(2, 1.5))
-    names = {getattr(c, "description", None) for c in live.children}
-    assert {"h", "m"} <= names
-    plt.close("all")
+def _loo_gradient_numpy(z, y, h, calc):
+    """dL/dz from the closed forms of the K-AF chapter (eq-kaf-grad), written out in numpy."""
+    z, y, calc = z.numpy(), y.numpy(), calc.numpy()
+    n, grad, loss = len(z), np.zeros(len(z)), 0.0
+    for i in range(n):
+        refs = calc[calc != i]
+        p = np.exp(-0.5 * ((z[refs] - z[i]) / h) ** 2)
+        p /= p.sum()
+        g = p @ y[refs]
+        loss += (g - y[i]) ** 2 / n
+        term = 2 * (g - y[i]) / n / h**2 * p * (z[refs] - z[i]) * (y[refs] - g)
+        grad[i] += term.sum()
+        np.subtract.at(grad, refs, term)
+    return loss, grad
 
 
-def test_nw_view_validates_its_inputs():
-    z, y = _data()
-    with pytest.raises(ValueError, match="shape of z"):
-        viz.nw_view(z, y[:-1], [0.5], [5])
-    with pytest.raises(ValueError, match="hs must"):
-        viz.nw_view(z, y, [0.0], [5])
-    with pytest.raises(ValueError, match="1-D"):
-        viz.nw_view(torch.zeros(4, 2), y, [0.5], [5])
+@pytest.mark.parametrize("h", [0.05, 0.4, 3.0])
+def test_kaf_loo_gradient_matches_the_closed_form_and_finite_differences(h):
+    z, y = _data(30)
+    calc = viz.calc_subset(30, 12, seed=5)
+    loss, grad = viz.kaf_loo_gradient(z, y, h, calc)
+    ref_loss, ref_grad = _loo_gradient_numpy(z, y, h, calc)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-9, atol=1e-15)
+    eps = 1e-6
+    for i in (0, int(calc[0]), 17):  # a query only, a calc point, another
+        dz = torch.zeros(30, dtype=torch.float64)
+        dz[i] = eps
+        fd = (viz.nw_loo_mse(z + dz, y, h, calc) - viz.nw_loo_mse(z - dz, y, h, calc)) / (2 * eps)
+        assert grad[i].item() == pytest.approx(fd, rel=1e-5, abs=1e-10)
 
 
-def test_draw_nw_fit_rejects_a_loo_map_of_the_wrong_shape():
-    z, y = _data()
-    fig = plt.figure()
-    with pytest.raises(ValueError, match="loo must have shape"):
-        viz.draw_nw_fit(fig, z, y, 0.5, 5, hs=[0.5, 1.0], ms=[5], loo=np.zeros((2, 2)))
-    plt.close(fig)
+def test_kaf_loo_gradient_of_several_bandwidths_equals_one_at_a_time():
+    z, y = _data(30)
+    calc = viz.calc_subset(30, 10, seed=1)
+    hs = [0.02, 0.3, 5.0]
+    loss, grad = viz.kaf_loo_gradient(z, y, hs, calc)
+    assert loss.shape == (3,) and grad.shape == (30, 3)
+    for k, h in enumerate(hs):
+        one_loss, one_grad = viz.kaf_loo_gradient(z, y, h, calc)
+        assert float(loss[k]) == pytest.approx(one_loss, rel=1e-13)
+        torch.testing.assert_close(grad[:, k], one_grad, rtol=1e-12, atol=1e-300)
+    typical = viz.typical_gradient(z, y, hs, calc)
+    assert typical[1] == pytest.approx(viz.typical_gradient(z, y, 0.3, calc), rel=1e-13)
+
+
+def test_typical_gradient_is_n_times_the_lower_median():
+    z, y = _data(30)
+    calc = viz.calc_subset(30, 10, seed=1)
+    _, grad = viz.kaf_loo_gradient(z, y, 0.3, calc)
+    lower_median = np.sort(np.abs(grad.numpy()))[(30 - 1) // 2]  # torch.median's convention (even n)
+    assert viz.typical_gradient(z, y, 0.3, calc) == pytest.approx(30 * lower_median, rel=1e-15)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_density_integrates_to_one_and_matches_the_formula(kernel):
+    z_ref = torch.tensor([-1.0, 0.2, 0.25, 2.0], dtype=torch.float64)
+    x = torch.linspace(-6, 7, 26001, dtype=torch.float64)
+    p = kernel_density(x, z_ref, 0.7, kernel=kernel)
+    assert float(torch.trapezoid(p, x)) == pytest.approx(1.0, abs=1e-3)  # jumps of the uniform kernel
+    u = (0.3 - z_ref.numpy()) / 0.7
+    k = {"gaussian": np.exp(-u**2 / 2) / np.sqrt(2 * np.pi), "epanechnikov": 0.75 * (1 - u**2) * (abs(u) <= 1),
+         "triangular": (1 - abs(u)) * (abs(u) <= 1), "uniform": 0.5 * (abs(u) <= 1)}[kernel]
+    at = kernel_density(torch.tensor([0.3], dtype=torch.float64), z_ref, 0.7, kernel=kernel)
+    assert float(at) == pytest.approx(k.mean() / 0.7, rel=1e-12)
+
+
+def test_kernel_density_gaussian_matches_scipy_and_validates():
+    from scipy.stats import gaussian_kde
+
+    z_ref = torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.linspace(-3, 3, 11, dtype=torch.float64)
+    h = 0.4
+    kde = gaussian_kde(z_ref.numpy(), bw_method=h / z_ref.numpy().std(ddof=1))
+    np.testing.assert_allclose(kernel_density(x, z_ref, h).numpy(), kde(x.numpy()), rtol=1e-10)
+    with pytest.raises(ValueError, match="kernel must"):
+        kernel_density(x, z_ref, h, kernel="cosine")
+    with pytest.raises(ValueError, match="h must"):
+        kernel_density(x, z_ref, 0.0)
+    with pytest.raises(ValueError, match="z_ref must hold"):
+        kernel_density(x, z_ref[:0], h)
 
 
 @pytest.mark.parametrize("a", [-1.0, 0.0, 1.5])
@@ -140,16 +196,6 @@ def test_fluid_relu_curves_sigmoid_variant_by_finite_differences():
     np.testing.assert_allclose(f, expected, atol=1e-12)
 
 
-def test_fluid_relu_view_static_and_live():
-    html = viz.fluid_relu_view([-2.0, 0.0, 2.0], **SMALL)
-    assert html.data.count("data:image/png") == 3
-    live = viz.fluid_relu_view([-2.0, 2.0], live=True, figsize=(2, 1.5))
-    assert any(getattr(c, "description", None) == "a" for c in live.children)
-    with pytest.raises(ValueError, match="a_values"):
-        viz.fluid_relu_view([])
-    plt.close("all")
-
-
 def test_plot_activations_draws_every_registered_activation():
     fig = viz.plot_activations(panel_size=(1.0, 1.0))
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
@@ -160,3 +206,186 @@ def test_plot_activations_draws_every_registered_activation():
     plt.close(fig)
     with pytest.raises(ValueError, match="names must"):
         viz.plot_activations(["nope"])
+
+
+# --------------------------------------------------------------------------- what the views ship
+
+
+def _sin_data(n=60):
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(n, generator=g, dtype=torch.float64) * 6 - 3
+    y = torch.sin(1.5 * z) + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    return z, y
+
+
+def test_bandwidth_view_ships_the_data_and_starts_at_kafs_numbers():
+    z, y = _sin_data()
+    view = viz.bandwidth_view(z, y, truth=lambda t: torch.sin(1.5 * t), noise_sd=0.3, h=0.3, n_h=21)
+    data = _model(view, "ColumnDataSource", name="kaf-data").data
+    np.testing.assert_array_equal(data["z"], z.numpy())
+    # the browser rebuilds y as signal + sd * eps: at the initial sd that is the data itself
+    np.testing.assert_allclose(data["signal"] + 0.3 * data["eps"], y.numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(data["y"], data["signal"] + 0.3 * data["eps"])
+    values = _readout(view)
+    assert values == view.values
+    assert values["h"] == pytest.approx(0.3, rel=0.05)  # snapped to the slider's grid
+    ids = torch.arange(len(z))
+    yy = torch.from_numpy(data["y"])
+    loo = nadaraya_watson(z[:, None], z[:, None], yy[:, None], values["h"], query_ids=ids, ref_ids=ids)[:, 0]
+    assert values["cv"] == pytest.approx(float((loo - yy).square().mean()), rel=1e-12)
+    curve = next(m for m in view.layout.references() if type(m).__name__ == "ColumnDataSource" and "cv" in m.data
+                 and len(m.data["h"]) == 21)
+    assert values["best_h"] == curve.data["h"][int(np.argmin(curve.data["cv"]))]
+    h_slider = _model(view, "Slider", title="bandwidth h")
+    assert (h_slider.end - h_slider.start) / h_slider.step >= 50  # log scale, >= 50 positions
+    assert 10 ** h_slider.value == values["h"]
+    assert list(_model(view, "Select", title="kernel").options) == list(KERNELS)
+    assert _model(view, "Slider", title="noise sd σ").value == 0.3
+
+
+def test_bandwidth_view_validates():
+    z, y = _sin_data()
+    with pytest.raises(ValueError, match="noise_sd"):
+        viz.bandwidth_view(z, y, truth=torch.sin, noise_sd=0.0)
+    with pytest.raises(ValueError, match="kernel"):
+        viz.bandwidth_view(z, y, truth=torch.sin, noise_sd=0.3, kernel="cosine")
+    with pytest.raises(ValueError, match="z and y"):
+        viz.bandwidth_view(z, y[:-1], truth=torch.sin, noise_sd=0.3)
+    with pytest.raises(ValueError, match="lo <= value <= hi"):
+        viz.bandwidth_view(z, y, truth=torch.sin, noise_sd=0.3, h=50.0)
+
+
+def test_kaf_view_ships_nested_calc_sets_and_starts_at_kafs_numbers():
+    z, y = _sin_data(50)
+    view = viz.kaf_view(z, y, h=0.3, m=12, ref_ms=(5, 20), n_h=11, seed=4)
+    data = _model(view, "ColumnDataSource", name="kaf-data").data
+    order = torch.as_tensor(data["order"]).long()
+    for m in (2, 12, 33, 50):  # every prefix of the shipped order is kaf's calc set: moving m up adds points
+        assert torch.equal(order[:m], viz.calc_subset(50, m, seed=4))
+    values = _readout(view)
+    assert values == view.values and values["m"] == 12
+    calc = viz.calc_subset(50, 12, seed=4)
+    assert values["loo_mse"] == pytest.approx(viz.nw_loo_mse(z, y, values["h"], calc), rel=1e-12)
+    assert values["typical_gradient"] == pytest.approx(viz.typical_gradient(z, y, values["h"], calc), rel=1e-12)
+    calc_points = next(m for m in view.layout.references()
+                       if type(m).__name__ == "ColumnDataSource" and set(m.data) == {"z", "y"})
+    np.testing.assert_array_equal(calc_points.data["z"], z[calc].numpy())
+    m_slider = _model(view, "Slider", title="calc size m")
+    assert (m_slider.start, m_slider.end, m_slider.step, m_slider.value) == (2, 50, 1, 12)
+    curve = next(m for m in view.layout.references() if type(m).__name__ == "ColumnDataSource" and "grad" in m.data
+                 and len(m.data["h"]) == 11)
+    np.testing.assert_allclose(curve.data["grad"], viz.typical_gradient(z, y, curve.data["h"], calc), rtol=1e-12)
+    with pytest.raises(ValueError, match="m must"):
+        viz.kaf_view(z, y, m=51)
+
+
+def test_fluid_relu_view_starts_at_fluid_relus_numbers():
+    view = viz.fluid_relu_view(a=0.7, probe=-1.3)
+    values = _readout(view)
+    assert values == view.values
+    for variant in ("exp", "sigmoid"):
+        f, dv, da = (float(c[0]) for c in viz.fluid_relu_curves(np.array([-1.3]), 0.7, variant=variant))
+        assert values[variant] == {"f": f, "dv": dv, "da": da}
+    curves = _model(view, "ColumnDataSource", name="kaf-data").data
+    f, dv, da = viz.fluid_relu_curves(curves["v"], 0.7, variant="sigmoid")
+    np.testing.assert_array_equal(curves["da_sigmoid"], da)
+    assert _model(view, "Slider", title="a (k = eᵃ)").step == 0.01
+    with pytest.raises(ValueError, match="probe"):
+        viz.fluid_relu_view(probe=10.0)
+
+
+def _table():
+    rows = []
+    for panel, metric in (("iris", "accuracy"), ("house", "rmse")):
+        for output in ("kaf", "sigmoid", "relu"):
+            for seed in range(3):
+                for epoch in (1, 2, 3):
+                    rows.append(dict(dataset=panel, output=output, seed=seed, epoch=epoch, metric=metric,
+                                     test_metric=epoch * 0.1 + seed * 0.01, train_loss=1 / epoch + seed, test_loss=0.5))
+    return pd.DataFrame(rows)
+
+
+def test_curves_view_ships_mean_and_sd_per_curve_and_shows_what_it_is_told():
+    table = _table()
+    view = viz.curves_view(table, shown=["kaf", "relu"])
+    sources = {m.name: m.data for m in view.layout.references()
+               if type(m).__name__ == "ColumnDataSource" and (m.name or "").startswith("kaf-curve")}
+    assert len(sources) == 6
+    d = sources["kaf-curve|house|sigmoid"]
+    sub = table[(table.dataset == "house") & (table.output == "sigmoid")].groupby("epoch").train_loss
+    np.testing.assert_allclose(d["mean_train_loss"], sub.mean().to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d["sd_train_loss"], sub.std().to_numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(d["y"], d["mean_test_metric"])
+    lines = [m for m in view.layout.references() if type(m).__name__ == "GlyphRenderer"
+             and type(m.glyph).__name__ == "Line"]
+    assert {(r.data_source.name.split("|")[2], r.visible) for r in lines} == {
+        ("kaf", True), ("relu", True), ("sigmoid", False)}
+    labels = [m.axis_label for m in view.layout.references() if type(m).__name__ == "LinearAxis"]
+    assert "test accuracy" in labels and "test RMSE" in labels
+    with pytest.raises(ValueError, match="shown must"):
+        viz.curves_view(table, shown=["nope"])
+    with pytest.raises(ValueError, match="columns"):
+        viz.curves_view(table.drop(columns="metric"))
+
+
+# --------------------------------------------------------------------------- how views reach the page
+
+
+def test_views_attach_the_one_javascript_module():
+    view = viz.fluid_relu_view()
+    callbacks = [m for m in view.layout.references() if type(m).__name__ == "CustomJS" and "view" in m.args]
+    assert len(callbacks) == 1  # one callback, on every control of the view
+    assert callbacks[0].code == (ROOT / "kaf" / "viz" / "views.mjs").read_text() and callbacks[0].module is True
+    controls = [m for m in view.layout.references() if type(m).__name__ == "Slider"]
+    assert len(controls) == 2 and all(callbacks[0] in c.js_property_callbacks["change:value"] for c in controls)
+
+
+def test_view_html_is_light_unless_a_live_notebook_asks_for_bokehjs(monkeypatch):
+    view = viz.fluid_relu_view()
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delenv("KAF_BOKEHJS", raising=False)
+    light = view._repr_mimebundle_()["text/html"]
+    assert 'class="kaf-view"' in light and len(light) < 200_000
+    assert "Anaconda" not in light  # BokehJS's licence header: the library is not inlined
+    assert "</script" not in light.split('type="application/json"')[1].split("</script>")[0]  # JSON stays inside
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/reader/book/fluid_relu.ipynb")  # set by a Jupyter server
+    live = view._repr_mimebundle_()["text/html"]
+    assert "Anaconda" in live and len(live) > 1_000_000
+    assert live.endswith(light.replace(view.element_id, live.split('class="kaf-view" id="')[1].split('"')[0]))
+    monkeypatch.setenv("KAF_BOKEHJS", "page")
+    assert view._repr_mimebundle_()["text/html"] == light
+    monkeypatch.setenv("KAF_BOKEHJS", "sometimes")
+    with pytest.raises(ValueError, match="KAF_BOKEHJS"):
+        view.html()
+
+
+@pytest.mark.parametrize("x, js", [  # what JavaScript's x.toPrecision(4) prints (checked in node)
+    (0.0001234, "0.0001234"), (1.234e-7, "1.234e-7"), (123456, "1.235e+5"), (0.5, "0.5000"), (1, "1.000"),
+    (-0.06527314656006893, "-0.06527"), (0.000999, "0.0009990"), (99999, "1.000e+5"), (1e21, "1.000e+21"),
+    (123.456, "123.5"), (1e-5, "0.00001000"), (0.0, "0.000"), (9.9996, "10.00")])
+def test_python_readouts_format_numbers_as_the_browser_does(x, js):
+    assert views._fmt(x) == js
+
+
+def test_vendored_bokehjs_is_the_installed_bokehs():
+    import bokeh
+
+    folder = Path(bokeh.__file__).parent / "server" / "static" / "js"
+    vendored = [ROOT / "book" / "vendor" / name for name in views.bokehjs_files()]
+    for path, original in zip(vendored, ("bokeh.min.js", "bokeh-widgets.min.js")):
+        assert path.read_bytes() == (folder / original).read_bytes(), f"re-vendor {path.name} from bokeh {bokeh.__version__}"
+
+
+def test_notebooks_are_light_and_carry_no_inline_bokehjs():
+    for path in sorted((ROOT / "book").rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert len(text.encode()) <= 2_000_000, f"{path.name} is over 2 MB"
+        assert "Copyright (c) Anaconda" not in text, f"{path.name} carries BokehJS inline: re-execute it headless"
+
+
+def test_bokehjs_files_name_the_installed_version():
+    import bokeh
+
+    assert all(bokeh.__version__ in name for name in views.bokehjs_files())

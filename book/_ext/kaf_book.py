@@ -1,6 +1,6 @@
 """Sphinx extension local to the kaf book (loaded through ``_config.yml``).
 
-Two jobs that ``_config.yml`` cannot do by itself:
+Jobs that ``_config.yml`` cannot do by itself:
 
 1. **No stale outputs across scales.** jupyter-cache keys a notebook by its code cells
    only, and Sphinx re-reads a page only when its source changed, so neither notices
@@ -8,9 +8,19 @@ Two jobs that ``_config.yml`` cannot do by itself:
    of ``results/`` become (a) config values that force Sphinx to re-read every page
    when they change, and (b) part of the jupyter-cache folder
    (``_build/.jupyter_cache/<scale>-<digest>``), so each scale keeps its own cache.
-2. **One repository URL drives every button.** ``repository.url`` empty (no public
+2. **Theme and buttons.** A default light mode (the theme logs an error without one).
+   **One repository URL drives every button.** ``repository.url`` empty (no public
    address yet): no repository/issues/launch buttons (sphinx-book-theme cannot build
    Binder or Colab links without it). Set: all of them appear.
+3. **Scripts, once each, only where needed.** A page that holds one of ``kaf.viz``'s
+   interactive views loads BokehJS from ``_static/bokeh/`` (vendored in
+   ``book/vendor/bokeh/``); the views' own outputs stay light (see ``kaf.viz.views``).
+   And a script that ends up twice in a page is dropped the second time: sphinx-thebe
+   adds its inline configuration (``const THEBE_JS_URL = ...``) on every
+   ``env-before-read-docs``, which runs more than once per build, and Sphinx's own
+   de-duplication misses it (the copy registered with the builder has file name
+   ``None``, the one replayed from the registry ``""``), so every page threw
+   "Identifier 'THEBE_JS_URL' has already been declared".
 """
 
 from __future__ import annotations
@@ -40,6 +50,11 @@ def _on_config_inited(app, config):
     base = config.nb_execution_cache_path or str(Path(app.outdir).parent / ".jupyter_cache")
     config.nb_execution_cache_path = str(Path(base) / key)
 
+    # Without a default mode (a template variable of pydata-sphinx-theme), the theme's
+    # script starts from an empty mode and logs "Got invalid theme mode" as an error on
+    # every page. Light suits the figures (white backgrounds); the reader can still switch.
+    config.html_context = {"default_mode": "light", **(config.html_context or {})}
+
     options = dict(config.html_theme_options or {})
     if options.get("repository_url", "").strip():
         for button in ("use_repository_button", "use_issues_button"):
@@ -52,6 +67,28 @@ def _on_config_inited(app, config):
     config.html_theme_options = options
 
 
+def _script_key(script):
+    attributes = tuple(sorted((k, str(v)) for k, v in script.attributes.items()))
+    return (script.filename or "", attributes)
+
+
+def _on_html_page_context(app, pagename, templatename, context, doctree):
+    scripts = context.get("script_files")
+    if scripts is not None:
+        seen, unique = set(), []
+        for script in scripts:
+            key = _script_key(script)
+            if key not in seen:
+                seen.add(key)
+                unique.append(script)
+        scripts[:] = unique  # the builder's own list: restored by Sphinx after this page
+    if 'class="kaf-view"' in context.get("body", ""):
+        from kaf.viz.views import bokehjs_files
+
+        for name in bokehjs_files():  # in this order: the widgets extend BokehJS
+            app.add_js_file(name, priority=500)
+
+
 def setup(app):
     root = Path(app.confdir)
     # rebuild="env": a change re-reads (and so re-executes or re-fetches) every page.
@@ -59,4 +96,6 @@ def setup(app):
     app.add_config_value("kaf_results_digest", results_digest(root), "env")
     # after myst-nb's own config handlers, before its builder-inited reads the cache path
     app.connect("config-inited", _on_config_inited, priority=900)
+    # late, so that every other extension's scripts are in place
+    app.connect("html-page-context", _on_html_page_context, priority=900)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -28,7 +28,7 @@ __all__ = [
     "LOSSES",
 ]
 
-DATASETS = ("iris", "wine", "mnist", "house")
+DATASETS = ("iris", "wine", "mnist", "house", "breast_cancer")
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 #: ``default`` keeps PyTorch's own initialisation; the others are scaled by ``init_scale``.
@@ -39,8 +39,11 @@ CALC_POLICIES = ("stratified", "random")
 #: (raw targets, the network output passes through a learnable affine map a*out + b, a=1, b=0).
 TARGET_TRANSFORMS = ("standard", "minmax", "raw", "learnable")
 #: ``mse``: mean squared error on one-hot targets (the thesis's setting, every output
-#: activation); ``cross_entropy``: softmax cross-entropy on raw logits (the FluidReLU CNN).
-LOSSES = ("mse", "cross_entropy")
+#: activation); ``cross_entropy``: softmax cross-entropy on raw logits (the FluidReLU CNN);
+#: ``nll``: K-AF outputs only, the Bernoulli negative log-likelihood of the one-hot targets
+#: under the K-AF probabilities, one binary single-index model per output unit
+#: (Klein–Spady; see :func:`kaf.experiments.train.kaf_nll`).
+LOSSES = ("mse", "cross_entropy", "nll")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class ExperimentConfig:
 
     Attributes:
         name: the experiment this run belongs to (a column of the results table).
-        dataset: ``"iris"``, ``"wine"``, ``"mnist"`` or ``"house"``.
+        dataset: ``"iris"``, ``"wine"``, ``"mnist"``, ``"house"`` or ``"breast_cancer"``.
         model: ``"mlp"`` (appendix B) or ``"cnn"`` (FluidReLU paper).
         output: ``"kaf"`` or an activation name (``"sigmoid"``, ``"tanh"``, ...).
         hidden: hidden activation name (``"relu"``; ``"fluid_relu"`` in the CNN).
@@ -175,9 +178,14 @@ class ExperimentConfig:
             raise ValueError(f"l1 and l2 must be >= 0, got l1={self.l1!r}, l2={self.l2!r}")
         if self.model == "cnn" and self.dataset != "mnist":
             raise ValueError(f"model='cnn' needs dataset='mnist', got dataset={self.dataset!r}")
-        if self.output == "kaf" and self.loss != "mse":
-            raise ValueError("output='kaf' regresses the targets, so it needs loss='mse', "
+        if self.output == "kaf" and self.loss not in ("mse", "nll"):
+            raise ValueError("output='kaf' estimates E[target | index], so it needs loss='mse' or 'nll', "
                              f"got loss={self.loss!r}")
+        if self.loss == "nll" and self.output != "kaf":
+            raise ValueError("loss='nll' reads the outputs as the K-AF probabilities, so it needs output='kaf', "
+                             f"got output={self.output!r}")
+        if self.loss == "nll" and self.dataset == "house":
+            raise ValueError("loss='nll' needs a classification data set (binary targets), got dataset='house'")
         if self.loss == "cross_entropy" and self.dataset == "house":
             raise ValueError("loss='cross_entropy' needs a classification data set, got dataset='house'")
         for attr in ("bias", "learn_bandwidth"):

@@ -13,7 +13,7 @@ import pandas as pd
 from kaf.experiments.analysis import final_rows, summarize
 
 __all__ = ["curves", "summary_bars", "lr_sweep", "calc_size", "link_shape", "singular", "vanishing",
-           "house_scale", "fluid_a"]
+           "house_scale", "fluid_a", "paired_differences"]
 
 OUTPUT_COLORS = {"kaf": "C3", "sigmoid": "C0", "tanh": "C1", "relu": "C2", "swish": "C4", "mish": "C5",
                  "leaky_relu": "C6", "elu": "C7", "selu": "C8", "identity": "C9"}
@@ -32,9 +32,10 @@ def curves(table: pd.DataFrame, y: str = "test_metric", hue: str = "output", *, 
         sub = table if g is None else table[table[panels] == g]
         for h, d in sub.groupby(hue, sort=False):
             stats = d.groupby("epoch")[y].agg(["mean", "std"]).fillna(0.0)
-            ax.plot(stats.index, stats["mean"], label=str(h), color=_color(h), lw=2 if h == "kaf" else 1)
+            (line,) = ax.plot(stats.index, stats["mean"], label=str(h), color=_color(h), lw=2 if h == "kaf" else 1)
+            # the band takes the line's colour (also for a hue without a fixed colour)
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                            color=_color(h), alpha=0.15)
+                            color=line.get_color(), alpha=0.15)
         ax.set_xlabel("epoch")
         ax.set_ylabel(y)
         if logy:
@@ -218,5 +219,37 @@ def fluid_a(a_table: pd.DataFrame):
             axes[r][c].axvline(0.0, color="k", lw=0.8, ls=":")
             axes[r][c].set_title(f"{v}: {layer} (mean {d.mean():+.2f})", fontsize=9)
             axes[r][c].set_xlabel("learned a_i")
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test_metric", groups: str = "dataset",
+                       tol: float | None = None, ylabel: str | None = None):
+    """Per group: the paired (same seed) differences ``value[a] - value[b]`` as dots, their mean and 95 %
+    t-interval (:func:`kaf.experiments.analysis.paired_ci`) as a bar, and the tie band ``±tol`` shaded."""
+    from kaf.experiments.analysis import paired_ci
+
+    fin = final_rows(table)
+    names = list(table[groups].unique())  # in the order the runs were made
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
+    if tol is not None:
+        ax.axhspan(-tol, tol, color="0.9", zorder=0, label=f"tie band ±{tol:g}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for x, g in enumerate(names):
+        d = fin[fin[groups] == g]
+        va = d[d[by] == a].set_index("seed")[value]
+        vb = d[d[by] == b].set_index("seed")[value]
+        seeds = sorted(set(va.index) & set(vb.index))
+        diff = va.loc[seeds].values - vb.loc[seeds].values
+        ax.scatter(x + 0.08 * rng.standard_normal(len(diff)), diff, s=12, color="0.45", zorder=2)
+        if len(diff) >= 2 and np.isfinite(diff).all():
+            mean, half = paired_ci(va.loc[seeds].values, vb.loc[seeds].values)
+            ax.errorbar(x + 0.3, mean, yerr=half, fmt="o", color="C3", capsize=4, zorder=3)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlim(-0.6, len(names) - 0.2)
+    ax.set_ylabel(ylabel or f"{value}: {a} − {b} (same seed)")
+    if tol is not None:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

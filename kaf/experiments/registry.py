@@ -336,6 +336,32 @@ def _fluid_post(config, table, net, prep):
     return {"a": pd.DataFrame(rows)}
 
 
+#: the likelihood experiment's data sets: the thesis's three classification sets and breast cancer (binary)
+LIKELIHOOD_DATASETS = ("iris", "wine", "breast_cancer", "mnist")
+LIKELIHOOD_LOSSES = ("mse", "nll")
+
+
+def _likelihood(scale):
+    # paired seeds: the two losses of one seed share initial weights, calc subset and batch order
+    return [ExperimentConfig(name="likelihood", output="kaf", loss=loss, seed=s, **dataset_defaults(d, scale))
+            for d in LIKELIHOOD_DATASETS for loss in LIKELIHOOD_LOSSES for s in _seeds(scale, 2, 10)]
+
+
+def _likelihood_post(config, table, net, prep):
+    """Every trained K-AF scored on the test set by both criteria (and accuracy), whatever it was trained on."""
+    from kaf.experiments.train import EVAL_CHUNK, kaf_nll
+
+    with torch.no_grad():
+        out = torch.cat([net(prep.X_test[lo:lo + EVAL_CHUNK]) for lo in range(0, prep.X_test.shape[0], EVAL_CHUNK)])
+        target = prep.T_test
+        row = dict(dataset=config.dataset, loss=config.loss, seed=config.seed, n_classes=prep.n_outputs,
+                   test_accuracy=float((out.argmax(1) == prep.labels_test).float().mean()),
+                   test_brier=float(((out - target) ** 2).sum(1).mean()),
+                   test_nll=float(kaf_nll(out, target)),
+                   mean_row_sum=float(out.sum(1).mean()), h=net.bandwidth())
+    return {"scores": pd.DataFrame([row])}
+
+
 EXPERIMENTS = {e.name: e for e in [
     Experiment("baselines", "K-AF output vs fixed output activations on four data sets", "book/experiments/baselines",
                configs=_baselines),
@@ -359,6 +385,8 @@ EXPERIMENTS = {e.name: e for e in [
                "book/experiments/large_targets", configs=_house_scale),
     Experiment("fluid_relu", "FluidReLU vs ReLU in the paper's MNIST CNN", "book/experiments/fluid_relu",
                configs=_fluid_relu, post=_fluid_post),
+    Experiment("likelihood", "K-AF trained by likelihood (Klein-Spady) vs squared error (the thesis)",
+               "book/experiments/likelihood", configs=_likelihood, post=_likelihood_post),
 ]}
 
 

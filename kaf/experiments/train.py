@@ -43,10 +43,11 @@ from tqdm.auto import tqdm
 
 from kaf import nn as knn
 from kaf.data import load_dataset
+from kaf.estimators import PROB_TRIM, bernoulli_nll
 from kaf.experiments.config import ExperimentConfig
 from kaf.experiments.models import Network, build_network
 
-__all__ = ["run", "run_many", "prepare", "Prepared", "SATURATION_SLOPE", "EVAL_CHUNK", "EVAL_TRAIN_MAX"]
+__all__ = ["run", "run_many", "prepare", "Prepared", "kaf_nll", "SATURATION_SLOPE", "EVAL_CHUNK", "EVAL_TRAIN_MAX"]
 
 #: a link slope below this counts as saturated (for the sigmoid: :math:`|z| \gtrsim 6.9`).
 SATURATION_SLOPE = 1e-3
@@ -75,7 +76,7 @@ class Prepared:
             self.n_outputs = ds.info.n_classes
             self.labels_train = ds.y_train.to(device)
             self.labels_test = ds.y_test.to(device)
-            if config.loss == "mse":
+            if config.loss in ("mse", "nll"):
                 self.T_train = F.one_hot(self.labels_train, self.n_outputs).float()
                 self.T_test = F.one_hot(self.labels_test, self.n_outputs).float()
             else:
@@ -117,9 +118,50 @@ def _make_optimizer(config: ExperimentConfig, params):
     return torch.optim.RMSprop(params, lr=config.lr)
 
 
+def kaf_nll(out: torch.Tensor, target: torch.Tensor, *, trim: float = PROB_TRIM) -> torch.Tensor:
+    r"""Negative log-likelihood of one-hot targets under the K-AF class probabilities, per unit.
+
+    .. math::
+
+        L = -\frac1N \sum_{i=1}^N \sum_{k=1}^K \Big[t_{ik} \log \tilde G_k(z_{ik})
+            + (1 - t_{ik}) \log\big(1 - \tilde G_k(z_{ik})\big)\Big],
+        \qquad \tilde G = \delta + (1 - 2\delta)\,G
+
+    where :math:`G_k(z_{ik})` is output unit :math:`k`'s leave-one-out kernel estimate of
+    :math:`P(t_k = 1 \mid z_k)` and :math:`\delta` the probability trimming of
+    :func:`kaf.estimators.bernoulli_nll` (the same code as :func:`kaf.estimators.klein_spady`).
+
+    **Per-unit Bernoulli, not normalised probabilities.** K-AF is element-wise: unit
+    :math:`k` regresses the indicator :math:`t_k = 1[\text{class} = k]` on its own index
+    :math:`z_k`, so :math:`G_k` *is* an estimate of the binary probability
+    :math:`P(t_k = 1 \mid z_k)` — each unit is a binary single-index model, and its
+    likelihood is exactly Klein and Spady's. The sum over units scores each unit's
+    probability with its own likelihood (a proper scoring rule for it); like the
+    element-wise estimator and the squared error, it treats the units' outcomes as
+    separate events and does not use that exactly one :math:`t_k` is 1. Dividing by the
+    row sum, :math:`G_k / \sum_j G_j`, would instead build a multinomial model the
+    estimator does not estimate: the units condition on different indices, so the ratio
+    is not a conditional probability any unit estimates; it is blind to a common
+    rescaling of the units (a row of estimates all near 0 scores as well as one near 1);
+    and it is unstable where every :math:`G_j` is small. For two classes the two units
+    model :math:`t_1 = 1 - t_0` separately, as the squared error on one-hot targets does.
+
+    The reduction (sum over units, mean over rows) makes each row's term the
+    log-likelihood of its :math:`K` binary outcomes; the squared error it replaces is
+    :func:`torch.nn.functional.mse_loss` on the same targets (a mean over all entries).
+
+    Shape:
+        - ``out``, ``target``: :math:`(N, K)`, probabilities and 0/1 targets.
+        - Output: scalar.
+    """
+    return bernoulli_nll(out, target, trim=trim).sum(1).mean()
+
+
 def _loss(config: ExperimentConfig, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if config.loss == "cross_entropy":
         return F.cross_entropy(out, target)
+    if config.loss == "nll":
+        return kaf_nll(out, target)
     return F.mse_loss(out, target)
 
 

@@ -30,6 +30,14 @@ The thresholds are module constants, stated here and quoted in the chapters:
   full-set epoch and the accuracy is within ``ACC_TOL`` of the full set's.
 * FluidReLU: the paired (same seed) 95 % t-interval of (FluidReLU − ReLU) accuracy;
   ``holds`` if it lies above 0, ``fails`` if below, ``inconclusive`` if it covers 0.
+* Likelihood vs squared error for K-AF (per data set): the paired 95 % t-interval of
+  (nll − mse) test accuracy against the tie band ±``ACC_TOL``: *better* when the interval
+  lies above 0 and the mean gain exceeds the band, *worse* in the mirror case, a *tie*
+  when the whole interval lies inside the band, *unresolved* otherwise (the interval
+  reaches past the band on one side but does not exclude the other, e.g. it covers the band).
+  Overall: ``holds`` if better on every data set, ``fails`` if better on none with every
+  data set resolved, ``depends`` if better on some and tied or worse on others,
+  ``inconclusive`` otherwise.
 
 Run ``python -m kaf.experiments verdicts`` to rewrite ``results/verdicts.csv``.
 """
@@ -406,8 +414,65 @@ def fluid_analytic_verdicts(folder=None) -> list:
     return rows
 
 
+# ------------------------------------------------------------------ likelihood training (Klein-Spady)
+
+
+def paired_outcome(diff: float, half: float, tol: float = ACC_TOL) -> str:
+    """``better``, ``worse``, ``tie`` or ``unresolved`` for a paired interval ``diff ± half`` against the tie band ±tol."""
+    lo, hi = diff - half, diff + half
+    if lo > 0 and diff > tol:
+        return "better"
+    if hi < 0 and diff < -tol:
+        return "worse"
+    if -tol <= lo and hi <= tol:
+        return "tie"
+    return "unresolved"
+
+
+def likelihood_verdict(folder) -> list:
+    """Does training K-AF by likelihood (``loss="nll"``) beat squared error (the thesis's ``mse``)?
+
+    Per data set, the paired (same seed) 95 % t-interval of the test-accuracy difference
+    nll − mse, read by :func:`paired_outcome`; overall as stated in the module docstring.
+    """
+    fin = final_rows(load("likelihood", folder))
+    rows, outcomes, parts = [], [], []
+    for ds in [d for d in ("iris", "wine", "breast_cancer", "mnist") if d in set(fin.dataset)]:
+        d = fin[fin.dataset == ds]
+        acc = {loss: d[d.loss == loss].set_index("seed").test_metric for loss in ("mse", "nll")}
+        seeds = sorted(set(acc["mse"].index) & set(acc["nll"].index))
+        nll, mse = acc["nll"].loc[seeds].values, acc["mse"].loc[seeds].values
+        diverged = int(d.diverged.astype(bool).sum())
+        if len(seeds) >= 2 and np.isfinite(nll).all() and np.isfinite(mse).all():
+            diff, half = paired_ci(nll, mse)
+            outcome = paired_outcome(diff, half)
+        else:  # one seed, or a diverged run (NaN accuracy): no interval
+            diff, half, outcome = float(np.nanmean(nll) - np.nanmean(mse)), math.inf, "unresolved"
+        outcomes.append(outcome)
+        verdict = {"better": "holds", "worse": "fails", "tie": "fails", "unresolved": "inconclusive"}[outcome]
+        ev = (f"{len(seeds)} paired seeds: test accuracy nll {np.mean(nll):.4f} vs mse {np.mean(mse):.4f}, "
+              f"difference {diff:+.4f} ± {half:.4f} (95% t-interval; tie band ±{ACC_TOL}): {outcome}"
+              + (f"; {diverged} runs diverged" if diverged else "") + f"; data: {d.data.iloc[0]}")
+        parts.append(f"{ds}: {diff:+.4f} ± {half:.4f} ({outcome})")
+        rows.append(_row(f"kaf-nll-{ds}", "this book", f"Likelihood training beats squared error for K-AF on {ds}",
+                         verdict, ev, "book/experiments/likelihood"))
+    better = sum(o == "better" for o in outcomes)
+    if outcomes and better == len(outcomes):
+        overall = "holds"
+    elif better == 0 and "unresolved" not in outcomes:
+        overall = "fails"
+    elif better > 0 and any(o in ("worse", "tie") for o in outcomes):
+        overall = "depends"
+    else:
+        overall = "inconclusive"
+    rows.insert(0, _row("kaf-nll", "this book", "Likelihood training beats squared error for K-AF classification",
+                        overall, f"better on {better} of {len(outcomes)} data sets; nll − mse accuracy: "
+                        + "; ".join(parts), "book/experiments/likelihood"))
+    return rows
+
+
 CLAIMS = (baselines_verdicts, lr_verdict, link_verdict, singular_verdict, vanishing_verdict, house_verdicts,
-          calc_verdict, fluid_verdicts, fluid_analytic_verdicts)
+          calc_verdict, fluid_verdicts, fluid_analytic_verdicts, likelihood_verdict)
 
 
 def compute_verdicts(folder: str | Path | None = None) -> pd.DataFrame:
