@@ -18,7 +18,10 @@ saved tensors, the temporaries of forward and backward and the gradients:
   whose maximum is the peak. This counts tensor storage exactly (no RSS noise from the
   interpreter, libraries or the OS) and sees temporaries that are freed inside an op.
 
-Targets: FluidReLU / PReLU <= 1.5 in time and in peak memory; the script prints PASS or
+Targets: FluidReLU / PReLU <= 1.0 in time (a drop-in replacement costs no more than
+PReLU; the fused first-order backward is what is timed, the differentiable one used for
+double backward and ``torch.func`` is not) and <= 1.5 in peak memory (measured: 1.000,
+FluidReLU's per-channel temporaries are a few hundred bytes); the script prints PASS or
 MISS for each and exits 0 either way (it is a measurement, not a test).
 
 Usage::
@@ -44,7 +47,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kaf.nn import FluidReLU
 
-TARGET = 1.5
+TARGETS = {"time": 1.0, "peak memory": 1.5}
 
 
 def _sync(device: torch.device) -> None:
@@ -143,7 +146,8 @@ def main() -> None:
     t_ratio = med["FluidReLU"] / med["PReLU"]
     m_ratio = peak["FluidReLU"] / peak["PReLU"]
     for what, r in (("time", t_ratio), ("peak memory", m_ratio)):
-        print(f"FluidReLU/PReLU {what} ratio: {r:.3f}  (target <= {TARGET})  {'PASS' if r <= TARGET else 'MISS'}")
+        target = TARGETS[what]
+        print(f"FluidReLU/PReLU {what} ratio: {r:.3f}  (target <= {target})  {'PASS' if r <= target else 'MISS'}")
 
 
 if __name__ == "__main__":

@@ -523,8 +523,9 @@ def load_dataset(
         :class:`Dataset` with ``X_train, y_train, X_test, y_test`` and ``info``.
 
     Raises:
-        ValueError: unknown ``name``, ``test_size`` outside :math:`(0, 1)`, bad ``seed``, or
-            an option that does not apply to the data set.
+        ValueError: unknown ``name``, ``test_size`` outside :math:`(0, 1)`, bad ``seed``,
+            ``cache_dir`` or ``device`` (one this machine lacks), or an option that does not
+            apply to the data set.
         DataUnavailableError: the download failed and ``allow_fallback=False`` (or the
             fallback itself is unavailable).
 
@@ -549,9 +550,16 @@ def load_dataset(
         ):
             raise ValueError(f"test_size must be a fraction in (0, 1) or None, got {test_size!r}")
         test_size = float(test_size)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32) (a NumPy seed), got {seed!r}")
     seed = int(seed)
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got {cache_dir!r}")
+    if device is not None:
+        try:
+            torch.empty(0, device=device)  # a device that torch knows and that this machine has
+        except (RuntimeError, TypeError, AssertionError, ValueError) as err:
+            raise ValueError(f"device must be a torch device available here, got {device!r} ({err})") from None
     if standardize_x is None:
         standardize_x = name != "mnist"
     standardize_x = _check_bool(standardize_x, "standardize_x")

@@ -19,6 +19,8 @@ where :math:`L(i)` is the set of reference points that *are* query point :math:`
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -85,6 +87,35 @@ def _as_bandwidth(h, k: int, like: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(h_t).all()) or not bool((h_t > 0).all()):
         raise ValueError(f"h must be finite and > 0, got {h_t.detach().cpu().tolist()}")
     return h_t.expand(k) if h_t.dim() == 0 or h_t.shape[0] == 1 else h_t
+
+
+def _check_count(name: str, value, minimum: int = 1) -> int:
+    """An int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__") or isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_seed(name: str, value) -> int:
+    """A seed for :class:`torch.Generator`: an int in [0, 2**63)."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__") or isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
+    value = operator.index(value)
+    if not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value) -> float:
+    """A finite real number > 0 (a Python or numpy number, or a one-element real tensor)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 # --------------------------------------------------------------------------- gaussian fast path
@@ -382,7 +413,7 @@ def nadaraya_watson(
         raise ValueError(f"z, z_ref and y_ref must be on one device, got {z.device}, {z_ref.device}, {y_ref.device}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if (query_ids is None) != (ref_ids is None):
         raise ValueError("query_ids and ref_ids must be given together (leave-one-out needs both), got only one")
@@ -406,13 +437,20 @@ def nadaraya_watson(
 
 def _as_column(name: str, x, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype() if like is None else like.dtype)
+        try:
+            x = torch.as_tensor(x, dtype=torch.get_default_dtype() if like is None else like.dtype)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be a tensor or a sequence of numbers, got {type(x).__name__}") from None
+    if x.is_complex() or (like is None and not x.is_floating_point()):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() == 1:
         x = x.unsqueeze(1)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 1-D (n,) or 2-D (n, k), got shape {tuple(x.shape)}")
     if like is not None:
         x = x.to(device=like.device, dtype=like.dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
 
 
@@ -481,7 +519,8 @@ def _loo_mse(z, y, h, kernel) -> torch.Tensor:
     k = y.shape[1]
     fit = nadaraya_watson(z.expand(-1, k) if z.shape[1] == 1 else z, z.expand(-1, k) if z.shape[1] == 1 else z,
                           y, h, kernel=kernel, query_ids=ids, ref_ids=ids)
-    return (fit - y).square().mean()
+    # in float64: squared errors of float32 targets of order 1e20 and beyond overflow float32
+    return (fit.double() - y.double()).square().mean()
 
 
 def loo_cv_bandwidth(z, y, *, grid=None, kernel: str = "gaussian"):
@@ -504,15 +543,22 @@ def loo_cv_bandwidth(z, y, *, grid=None, kernel: str = "gaussian"):
         ``(best_h, grid, loo_mse)``: a float, and two 1-D tensors of equal length.
     """
     z = _as_column("z", z)
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()  # a small computation: no reason to choose the bandwidth in half precision
     y = _as_column("y", y, like=z)
     if y.shape[0] != z.shape[0]:
         raise ValueError(f"y must have {z.shape[0]} rows like z, got {y.shape[0]}")
     if z.shape[1] not in (1, y.shape[1]):
         raise ValueError(f"z must have 1 or {y.shape[1]} columns (one per target), got {z.shape[1]}")
+    if z.shape[0] < 2:
+        raise ValueError(f"z must hold at least 2 points (leave-one-out needs another), got {z.shape[0]}")
     if grid is None:
         h0 = rule_of_thumb_bandwidth(z)
         grid = h0 * torch.logspace(math.log10(0.05), math.log10(5.0), 40, dtype=torch.float64)
-    grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    try:
+        grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"grid must be a sequence of bandwidths > 0, got {grid!r}") from None
     if grid.numel() == 0 or not bool((grid > 0).all()) or not bool(torch.isfinite(grid).all()):
         raise ValueError("grid must be a non-empty sequence of finite bandwidths > 0")
     with torch.no_grad():
@@ -575,18 +621,32 @@ class IchimuraResult(_SingleIndexFit):
 
 def _check_xy(X, y):
     if not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(X, dtype=torch.get_default_dtype())
+        try:
+            X = torch.as_tensor(X, dtype=torch.get_default_dtype())
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"X must be a 2-D floating-point tensor (n, d), got {type(X).__name__}") from None
     if X.dim() != 2 or not X.is_floating_point():
         raise ValueError(f"X must be a 2-D floating-point tensor (n, d), got shape {tuple(X.shape)}, dtype {X.dtype}")
-    y = torch.as_tensor(y, dtype=X.dtype, device=X.device)
+    if X.dtype in (torch.float16, torch.bfloat16):
+        X = X.float()  # the fit's bandwidths and gradients underflow half precision
+    if not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y, dtype=X.dtype)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"y must be a tensor or a sequence of numbers, got {type(y).__name__}") from None
+    if y.is_complex():
+        raise ValueError(f"y must hold real numbers, got dtype {y.dtype}")
+    y = y.to(dtype=X.dtype, device=X.device)  # integer or boolean responses are used as numbers
     if y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.dim() != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {tuple(y.shape)}")
     if X.shape[0] < 3:
         raise ValueError(f"X must hold at least 3 rows for a leave-one-out fit, got {X.shape[0]}")
-    if not bool(torch.isfinite(X).all()) or not bool(torch.isfinite(y).all()):
-        raise ValueError("X and y must be finite (no NaN or inf)")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("X must be finite (no NaN or inf)")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"y must be finite (no NaN or inf) in X's dtype {X.dtype}")
     return X, y
 
 
@@ -643,7 +703,8 @@ def ichimura(
     kernel, points whose window holds no other point are trimmed from the objective
     (a vanishing denominator is invalid, not divided by).
 
-    Cost per evaluation: :math:`O(n^2)` (every point is a reference point).
+    Cost per evaluation: :math:`O(n^2)` (every point is a reference point). The fit runs in
+    float64 whatever the dtype of ``X``; the result is returned in ``X``'s dtype.
 
     Args:
         X: regressors, shape (n, d); put them on comparable scales first.
@@ -670,7 +731,11 @@ def ichimura(
         True
     """
     X, y = _check_xy(X, y)
-    _check_fit_args(n_starts, steps, kernel, bandwidth)
+    n_starts, steps, seed, bandwidth = _check_fit_args(n_starts, steps, kernel, bandwidth, seed, learn_bandwidth)
+    # Fitted in float64 (an O(n^2) problem, small): in float32 the gradients, of order y^2 / h,
+    # overflow for badly scaled data; the results are returned in X's dtype (float32 for half).
+    dtype = X.dtype
+    X, y = X.double(), y.double()
     w_ols = _ols_direction(X, y)
     h_init = bandwidth if bandwidth is not None else rule_of_thumb_bandwidth(X @ w_ols)
     fit = _fit_single_index(X, y, lambda g, t: (t - g).square(), _starts(w_ols, n_starts, seed), h_init,
@@ -678,20 +743,23 @@ def ichimura(
     w = fit["w"]
     if float(w @ w_ols) < 0:  # the model identifies w only up to sign: agree with OLS
         w = -w
-    return IchimuraResult(w=w, bandwidth=fit["bandwidth"], loss=fit["loss"], history=fit["history"],
-                          start_losses=fit["start_losses"], index=X @ w, targets=y, trimmed=fit["trimmed"],
-                          kernel=kernel)
+    return IchimuraResult(w=w.to(dtype), bandwidth=fit["bandwidth"], loss=fit["loss"], history=fit["history"],
+                          start_losses=fit["start_losses"], index=(X @ w).to(dtype), targets=y.to(dtype),
+                          trimmed=fit["trimmed"], kernel=kernel)
 
 
-def _check_fit_args(n_starts, steps, kernel, bandwidth):
-    if not isinstance(n_starts, int) or n_starts < 1:
-        raise ValueError(f"n_starts must be an int >= 1, got {n_starts!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+def _check_fit_args(n_starts, steps, kernel, bandwidth, seed, learn_bandwidth):
+    """The single-index fits' common arguments, checked; returns (n_starts, steps, seed, bandwidth)."""
+    n_starts = _check_count("n_starts", n_starts)
+    steps = _check_count("steps", steps)
+    seed = _check_seed("seed", seed)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
+    if bandwidth is not None:
+        bandwidth = _check_positive("bandwidth", bandwidth)
+    if not isinstance(learn_bandwidth, bool):
+        raise ValueError(f"learn_bandwidth must be True or False, got {learn_bandwidth!r}")
+    return n_starts, steps, seed, bandwidth
 
 
 def _starts(first: torch.Tensor, n_starts: int, seed: int) -> list:
@@ -709,7 +777,7 @@ def _loo_loss(X, y, w, h, pointwise, kernel, ids):
     fit = nadaraya_watson(z, z, y.unsqueeze(1), h, kernel=kernel, query_ids=ids, ref_ids=ids)[:, 0]
     err = pointwise(fit, y)
     if kernel != "gaussian":
-        valid = _valid_window(z[:, 0].detach(), float(h))
+        valid = _valid_window(z[:, 0].detach(), float(h.detach()))
         return err[valid].mean() if bool(valid.any()) else err.sum() * float("nan"), int((~valid).sum())
     return err.mean(), 0
 
@@ -840,30 +908,51 @@ def kaf_tron(
         :class:`KafTronResult` with the loss trajectory.
     """
     X, y = _check_xy(X, y)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
-    if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
+    steps = _check_count("steps", steps)
+    lr = _check_positive("lr", lr)
+    if bandwidth is not None:
+        bandwidth = _check_positive("bandwidth", bandwidth)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     m, d = X.shape
     ids = torch.arange(m, device=X.device)
-    w = torch.zeros(d, dtype=X.dtype, device=X.device) if w0 is None else torch.as_tensor(w0).to(X).clone()
-    if w.shape != (d,):
-        raise ValueError(f"w0 must have shape ({d},), got {tuple(w.shape)}")
+    if w0 is None:
+        w = torch.zeros(d, dtype=X.dtype, device=X.device)
+    else:
+        try:
+            w = torch.as_tensor(w0)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"w0 must be a tensor of shape ({d},), got {type(w0).__name__}") from None
+        if w.is_complex():
+            raise ValueError(f"w0 must hold real numbers, got dtype {w.dtype}")
+        w = w.to(X).clone()
+        if w.shape != (d,):
+            raise ValueError(f"w0 must have shape ({d},), got {tuple(w.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("w0 must be finite (no NaN or inf)")
     losses, weights = [], [w.clone()]
     h = bandwidth if bandwidth is not None else 1.0
+
+    def index(w, step):
+        z = X @ w
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(
+                f"the index X @ w overflowed {X.dtype} at step {step}: lr={lr!r} is too large for the scale of X "
+                "(the algorithm assumes |x| <= 1); rescale X or use a smaller lr"
+            )
+        return z
+
     with torch.no_grad():
-        for _ in range(steps):
-            z = (X @ w).unsqueeze(1)
+        for step in range(steps):
+            z = index(w, step).unsqueeze(1)
             if bandwidth is None:
                 h = rule_of_thumb_bandwidth(z)
             u = nadaraya_watson(z, z, y.unsqueeze(1), h, kernel=kernel, query_ids=ids, ref_ids=ids)[:, 0]
             resid = y - u
-            losses.append(float(resid.square().mean()))
+            losses.append(float(resid.double().square().mean()))
             w = w + lr * (resid @ X) / m
             weights.append(w.clone())
-        z = X @ w
+        z = index(w, steps)
         if bandwidth is None:
             h = rule_of_thumb_bandwidth(z)
     return KafTronResult(w=w, bandwidth=h, losses=losses, weights=torch.stack(weights), index=z, targets=y,
@@ -1129,7 +1218,7 @@ def klein_spady(
     """
     X, y = _check_xy(X, y)
     _check_binary(y)
-    _check_fit_args(n_starts, steps, kernel, bandwidth)
+    n_starts, steps, seed, bandwidth = _check_fit_args(n_starts, steps, kernel, bandwidth, seed, learn_bandwidth)
     _check_trim(trim)
     w_logit = _logit_direction(X, y)
     h_init = bandwidth if bandwidth is not None else rule_of_thumb_bandwidth(X @ w_logit)

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kaf.estimators import KERNELS, nadaraya_watson
+from kaf.estimators import KERNELS, _check_seed, nadaraya_watson
 
 __all__ = [
     "FluidReLU",
@@ -55,37 +57,133 @@ def _negative_exponent(v: Tensor, s: Tensor) -> Tensor:
     return v.clamp(max=0).mul_(s).clamp_(min=torch.finfo(v.dtype).min)
 
 
-class _FluidReLUFunction(torch.autograd.Function):
-    """Fused FluidReLU: saves only the input and the scale, recomputes in backward.
+def _channel_scale(a: Tensor, dtype: torch.dtype, channel_shape) -> Tensor:
+    r""":math:`s = e^{-a}` in ``dtype``, capped below the largest finite value, shaped to broadcast.
 
-    With :math:`t = \\min(v, 0)\\,e^{-a}` both variants are a single expression for all
-    :math:`v` (:math:`t = 0` gives :math:`e^0 = 2\\sigma(0) = 1`), so no mask or
+    The cap keeps :math:`s` (and so :math:`0 \cdot s = 0`) finite when :math:`a` is very
+    negative; it is applied to the exponent (at :math:`\log(\text{max}) - 1`, a margin
+    that survives rounding in low-precision dtypes) so that ``exp`` itself never returns
+    ``inf``.
+    """
+    cap = math.log(torch.finfo(dtype).max) - 1.0
+    return torch.exp((-a.to(dtype)).clamp(max=cap)).view(channel_shape)
+
+
+def _scaled_gradient(a: Tensor, grad_scale: float) -> Tensor:
+    r"""``a`` in value (exactly), with every gradient that flows back through it multiplied by ``grad_scale``.
+
+    :math:`a_\beta = \text{sg}(a) + \beta\,(a - \text{sg}(a))` with :math:`\text{sg}` the
+    stop-gradient: :math:`a - \text{sg}(a)` is an exact 0, and its derivative is 1.
+    Built from plain differentiable ops, so it composes with every autograd and
+    ``torch.func`` transform at every order.
+    """
+    if grad_scale == 1.0:
+        return a
+    frozen = a.detach()
+    return frozen + (a - frozen) * grad_scale
+
+
+def _fluid_derivatives(v: Tensor, a: Tensor, channel_shape, variant: str):
+    r"""Elementwise :math:`(\partial f/\partial v, \partial f/\partial a)` from differentiable ops.
+
+    The first-order formulas of :class:`FluidReLU` written so that autograd can
+    differentiate them again (double backward, ``torch.func``) without ``inf * 0``:
+
+    * where the exponential factor underflows to 0 (:math:`t \ll 0`) both derivatives
+      are an exact 0, and :math:`v` is replaced by 0 before any product, so that no
+      huge or infinite :math:`t` enters the values or their gradients;
+    * :math:`v \ge 0` gives :math:`t = 0` with no gradient (the right-hand derivatives at
+      the kink :math:`v = 0`, like ``relu``);
+    * :math:`t = v e^{-a}` is formed as :math:`(v\,\text{sg}(s))\,e^{\text{sg}(a) - a}`: the
+      same value (the second factor is exactly 1) and the same derivatives of every
+      order, but :math:`\partial t/\partial a = -t` is then computed from :math:`t`
+      itself, never through :math:`v \cdot v`, which would overflow for huge :math:`|v|`
+      where the true second derivatives are finite.
+    """
+    frozen = a.detach()
+    s = _channel_scale(frozen, v.dtype, channel_shape)
+    squash = torch.exp if variant == "exp" else torch.sigmoid
+    with torch.no_grad():
+        t_value = torch.mul(v, s).clamp_max_(0)  # = min(v, 0) s, since s >= 0
+        dead = squash(t_value) == 0
+        live = (v < 0) & ~dead
+    v = torch.where(live, v, 0.0)  # elsewhere df/da = 0 and t = 0: keep huge v out of the products
+    shift = torch.exp((frozen - a).to(v.dtype)).view(channel_shape)  # exactly 1, d/da = -1
+    t = (v * s) * shift
+    r = torch.where(dead, 0.0, squash(t))
+    if variant == "exp":
+        # df/dv = (1 + t) e^t,  df/da = -v t e^t
+        tr = t * r
+        return r + tr, -tr * v
+    # df/dv = 2 sigma(t) + 2 t sigma(t)(1 - sigma(t)),  df/da = -2 v t sigma(t)(1 - sigma(t))
+    tq = t * (r * (1 - r))
+    return 2 * (r + tq), (-2 * tq) * v
+
+
+def _reduce_to(x: Tensor, a: Tensor) -> Tensor:
+    """Sum an input-shaped tensor down to the shape of ``a``, per channel (dimension 1) or over all.
+
+    Accumulates in ``a``'s dtype: a half-precision input's per-channel sums (and their
+    product with a large ``grad_scale``) would overflow float16.
+    """
+    if a.dim() and a.shape[0] > 1:
+        return x.sum(dim=[d for d in range(x.dim()) if d != 1], dtype=a.dtype)
+    return x.sum(dtype=a.dtype).reshape(a.shape)
+
+
+class _FluidReLUFunction(torch.autograd.Function):
+    r"""Fused FluidReLU: saves only the input and :math:`a`, recomputes in backward.
+
+    With :math:`t = \min(v, 0)\,e^{-a}` both variants are a single expression for all
+    :math:`v` (:math:`t = 0` gives :math:`e^0 = 2\sigma(0) = 1`), so no mask or
     ``torch.where`` is needed and every step after the first runs in place.
+
+    Backward has two paths. The plain first-order backward (no ``create_graph``, no
+    ``torch.func`` transform active) is the fused in-place one above. When the gradient
+    must itself be differentiable (``create_graph=True``) or is being computed under a
+    ``torch.func`` transform (batched tensors that in-place ops cannot mix), it is
+    computed from :func:`_fluid_derivatives`, out of place, with :math:`a` passed through
+    :func:`_scaled_gradient` so that :math:`\beta` reaches every higher-order term that
+    differentiates with respect to :math:`a`. ``generate_vmap_rule`` lets ``vmap`` batch
+    both forward and backward.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, v: Tensor, a: Tensor, channel_shape, variant: str, grad_scale: float) -> Tensor:
-        # s = e^{-a}, capped so that 0 * s stays 0 when a is very negative.
-        s = torch.exp(-a.to(v.dtype)).clamp_(max=torch.finfo(v.dtype).max).view(channel_shape)
-        # No finite clamp needed here: t = -inf gives exp(t) = sigmoid(t) = 0 and v * 0 = -0.
-        out = v.clamp(max=0).mul_(s)
+    def forward(v: Tensor, a: Tensor, channel_shape, variant: str, grad_scale: float) -> Tensor:
+        s = _channel_scale(a, v.dtype, channel_shape)
+        # min(v, 0) s == min(v s, 0) as s >= 0; the multiplication comes first and out of place
+        # so that the in-place steps below act on a tensor that is batched under vmap whenever
+        # v or a is. No finite clamp needed: t = -inf gives exp(t) = sigmoid(t) = 0 and v * 0 = -0.
+        out = torch.mul(v, s).clamp_max_(0)
         if variant == "exp":
             out.exp_()
         else:
             out.sigmoid_().mul_(2.0)
-        out.mul_(v)
-        ctx.save_for_backward(v, s)
-        ctx.variant = variant
-        ctx.grad_scale = grad_scale
-        ctx.a_dtype = a.dtype
-        ctx.a_shape = a.shape
-        return out
+        return out.mul_(v)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output):
+        v, a, channel_shape, variant, grad_scale = inputs
+        ctx.save_for_backward(v, a)
+        ctx.channel_shape = channel_shape
+        ctx.variant = variant
+        ctx.grad_scale = grad_scale
+
+    @staticmethod
     def backward(ctx, grad: Tensor):
-        v, s = ctx.saved_tensors
+        v, a = ctx.saved_tensors
         need_v, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+            # Differentiable path (double backward, torch.func).
+            df_dv, df_da = _fluid_derivatives(v, _scaled_gradient(a, ctx.grad_scale), ctx.channel_shape, ctx.variant)
+            grad_v = df_dv * grad if need_v else None
+            grad_a = None
+            if need_a:
+                grad_a = _reduce_to(df_da * grad, a) * ctx.grad_scale
+            return grad_v, grad_a, None, None, None
+        s = _channel_scale(a, v.dtype, ctx.channel_shape)
         t = _negative_exponent(v, s)
         if ctx.variant == "exp":
             # df/dv = (1 + t) e^t,  df/da = -v t e^t
@@ -102,13 +200,8 @@ class _FluidReLUFunction(torch.autograd.Function):
         grad_a = None
         if need_a:
             t.mul_(v)  # now v * (the a-derivative without its minus sign) * g
-            if len(ctx.a_shape) and ctx.a_shape[0] > 1:
-                dims = [d for d in range(v.dim()) if d != 1]
-                grad_a = t.sum(dim=dims)
-            else:
-                grad_a = t.sum().reshape(ctx.a_shape)
             # beta scales the reduced gradient, so it is exactly beta times the unscaled one.
-            grad_a = grad_a.neg_().mul_(ctx.grad_scale).to(ctx.a_dtype)
+            grad_a = _reduce_to(t, a).neg_().mul_(ctx.grad_scale)
         return grad_v, grad_a, None, None, None
 
 
@@ -159,11 +252,30 @@ class FluidReLU(nn.Module):
     channels. Inputs with fewer than 2 dimensions have no channel dimension and need
     ``num_parameters=1``.
 
+    **Derivatives of every order.** The first-order backward recomputes from the saved
+    input in one fused pass (memory like :class:`torch.nn.PReLU`). When the gradient must
+    itself be differentiated (``torch.autograd.grad(..., create_graph=True)``, e.g. a
+    gradient penalty) or under ``torch.func`` (``vmap``, ``grad``, ``vjp``, ``jacrev``,
+    per-sample gradients, ``jacrev(jacrev(f))`` Hessians), it is built from differentiable
+    operations, so second and higher derivatives are those of the formulas above. At the
+    kink :math:`v = 0` the second derivatives take their right-hand value 0 (as
+    :func:`torch.relu` does). Forward-mode AD (``torch.func.jvp``, ``jacfwd``,
+    ``hessian``) is not implemented and raises ``NotImplementedError``.
+    ``torch.compile`` and ``torch.export`` trace the module.
+
+    **What** :math:`\beta` **does.** No value changes; every derivative taken *with
+    respect to* :math:`a` is multiplied by :math:`\beta`, at every order. Equivalently,
+    all derivatives are those of :math:`f(v, \beta b)` with respect to :math:`b`, at
+    :math:`b = a/\beta`: the gradient of :math:`a` is :math:`\beta\,\partial L/\partial a`,
+    the mixed second derivatives :math:`\partial^2 L / \partial v\,\partial a` are
+    multiplied by :math:`\beta` and :math:`\partial^2 L/\partial a^2` by :math:`\beta^2`;
+    derivatives with respect to :math:`v` alone are unchanged. A gradient penalty
+    :math:`\|\partial L/\partial x\|^2` thus sends :math:`\beta` times its gradient to
+    :math:`a`, like any other loss.
+
     Numerically safe for any finite input and any finite :math:`a`: :math:`v e^{-a}` is
-    clamped to the finite range, so large :math:`|v|` or very negative :math:`a` give an
-    exact 0 for the negative branch and its gradients instead of NaN. The backward pass
-    recomputes from the saved input (memory like :class:`torch.nn.PReLU`) and is first
-    order only (no double backward).
+    kept finite, so large :math:`|v|` or very negative :math:`a` give an exact 0 for the
+    negative branch and its first and second derivatives instead of NaN.
 
     Args:
         num_parameters: number of :math:`a` to learn: 1 or the number of channels.
@@ -182,18 +294,22 @@ class FluidReLU(nn.Module):
     Examples::
 
         >>> m = FluidReLU(16, grad_scale=1e4)
-        >>> x = torch.randn(8, 16, 28, 28)
+        >>> x = torch.randn(8, 16, 28, 28, requires_grad=True)
         >>> y = m(x)
         >>> y.shape
         torch.Size([8, 16, 28, 28])
+        >>> (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        >>> gx.square().sum().backward()  # a gradient penalty reaches a (times beta)
+        >>> m.a.grad.shape
+        torch.Size([16])
     """
 
     def __init__(self, num_parameters: int = 1, init: float = 0.0, grad_scale: float = 1.0, variant: str = "exp"):
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
-        if not _is_finite_number(init):
-            raise ValueError(f"init must be a finite number, got {init!r}")
+        if not _is_finite_number(init) or not math.isfinite(torch.tensor(float(init)).item()):
+            raise ValueError(f"init must be a finite number (in the default dtype's range), got {init!r}")
         if not _is_finite_number(grad_scale) or grad_scale <= 0:
             raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale!r}")
         if variant not in _FLUID_VARIANTS:
@@ -205,8 +321,7 @@ class FluidReLU(nn.Module):
         self.a = nn.Parameter(torch.full((num_parameters,), float(init)))
 
     def forward(self, input: Tensor) -> Tensor:
-        if not input.is_floating_point():
-            raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        _check_float_input(input)
         if self.num_parameters == 1:
             channel_shape = (1,) * input.dim()
         else:
@@ -226,12 +341,18 @@ class FluidReLU(nn.Module):
 
 
 def _is_finite_number(x) -> bool:
-    if isinstance(x, bool):
+    """A finite real number: Python or numpy, or a one-element real tensor; not a bool or a string."""
+    if isinstance(x, Tensor):
+        if x.numel() != 1 or x.is_complex() or x.dtype == torch.bool:
+            return False
+    elif isinstance(x, bool) or not isinstance(x, numbers.Real):
         return False
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+    return math.isfinite(float(x))
+
+
+def _check_float_input(input) -> None:
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise ValueError(f"input must be a floating-point tensor, got {_describe(input)}")
 
 
 # --------------------------------------------------------------------------- Swish
@@ -262,7 +383,9 @@ class Swish(nn.Module):
         super().__init__()
         if not _is_finite_number(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
-        self.learnable = bool(learnable)
+        if not isinstance(learnable, bool):
+            raise ValueError(f"learnable must be True or False, got {learnable!r}")
+        self.learnable = learnable
         b = torch.tensor(float(beta))
         if self.learnable:
             self.beta = nn.Parameter(b)
@@ -270,6 +393,7 @@ class Swish(nn.Module):
             self.register_buffer("beta", b)
 
     def forward(self, input: Tensor) -> Tensor:
+        _check_float_input(input)
         if not self.learnable and float(self.beta) == 1.0:
             return F.silu(input)  # same function, one fused kernel
         return input * torch.sigmoid(self.beta * input)
@@ -342,7 +466,9 @@ class KernelActivation(nn.Module):
             raise ValueError(f"bandwidth must be finite and > 0, got {h.tolist()}")
         self.kernel = kernel
         self.chunk_size = chunk_size
-        self.learn_bandwidth = bool(learn_bandwidth)
+        if not isinstance(learn_bandwidth, bool):
+            raise ValueError(f"learn_bandwidth must be True or False, got {learn_bandwidth!r}")
+        self.learn_bandwidth = learn_bandwidth
         if self.learn_bandwidth:
             self.log_bandwidth = nn.Parameter(h.log())
         else:
@@ -459,6 +585,9 @@ class KernelOutput(nn.Module):
         super().__init__()
         if not isinstance(body, nn.Module) and not callable(body):
             raise ValueError(f"body must be an nn.Module (or callable) mapping (N, ...) to (N, k), got {type(body).__name__}")
+        weight = next((p for p in body.parameters() if p.is_floating_point()), None) if isinstance(body, nn.Module) else None
+        if weight is not None and isinstance(calc_x, Tensor) and calc_x.is_floating_point() and calc_x.dtype != weight.dtype:
+            raise ValueError(f"calc_x must have the dtype of body's parameters ({weight.dtype}), got {calc_x.dtype}")
         self.body = body
         self.activation = KernelActivation(
             bandwidth=bandwidth, kernel=kernel, learn_bandwidth=learn_bandwidth, chunk_size=chunk_size
@@ -534,9 +663,12 @@ class KernelOutput(nn.Module):
             raise ValueError(f"x must have shape (m, {', '.join(map(str, self.calc_x.shape[1:]))}), got {tuple(x.shape)}")
         if n_classes is None and self.n_classes and isinstance(y, Tensor) and not y.is_floating_point():
             n_classes = self.n_classes
-        cx, cy, cids, nc = self._validated_calc(
-            x, y, ids, n_classes, dtype=self.calc_x.dtype, device=self.calc_x.device
-        )
+        try:
+            cx, cy, cids, nc = self._validated_calc(
+                x, y, ids, n_classes, dtype=self.calc_x.dtype, device=self.calc_x.device
+            )
+        except ValueError as err:  # the constructor's checks, told in this method's argument names
+            raise ValueError(re.sub(r"\bcalc_(x|y|ids)\b", r"\1", str(err))) from None
         if cy.shape[1] != self.calc_y.shape[1]:
             raise ValueError(f"y must give {self.calc_y.shape[1]} output columns like the current calc_y, got {cy.shape[1]}")
         self.calc_x, self.calc_y, self.calc_ids, self.n_classes = cx, cy, cids, nc
@@ -575,7 +707,24 @@ class KernelOutput(nn.Module):
         """
         return self.activation(z, self.index(self.calc_x), self.calc_y)
 
+    def _check_batch(self, x, ids) -> None:
+        trailing = tuple(self.calc_x.shape[1:])
+        if not isinstance(x, Tensor) or not x.is_floating_point() or tuple(x.shape[1:]) != trailing or x.dim() < 1:
+            raise ValueError(f"x must be a floating-point tensor of shape (N, {', '.join(map(str, trailing))}) like "
+                             f"calc_x, got {_describe(x)}")
+        if x.dtype != self.calc_x.dtype:
+            raise ValueError(f"x must have the calc set's dtype {self.calc_x.dtype}, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains non-finite values (NaN or inf)")
+        if ids is not None and (
+            not isinstance(ids, Tensor) or ids.dim() != 1 or ids.shape[0] != x.shape[0]
+            or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool
+        ):
+            raise ValueError(f"ids must be a 1-D integer tensor with one training-row id per row of x "
+                             f"({x.shape[0]}), got {_describe(ids)}")
+
     def forward(self, x: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+        self._check_batch(x, ids)
         z = self.index(x)
         z_ref = self.index(self.calc_x)
         if ids is None:
@@ -626,14 +775,14 @@ def select_calc(y: Tensor, size: int, *, policy: str = "random", seed: int = 0) 
         >>> torch.bincount(y[idx]).tolist()
         [8, 2]
     """
-    if not isinstance(y, Tensor) or y.dim() not in (1, 2) or y.shape[0] == 0:
-        raise ValueError(f"y must be a non-empty tensor of shape (n,) or (n, k), got {_describe(y)}")
+    if not isinstance(y, Tensor) or y.dim() not in (1, 2) or y.shape[0] == 0 or y.is_complex():
+        raise ValueError(f"y must be a non-empty real tensor of shape (n,) or (n, k), got {_describe(y)}")
     n = y.shape[0]
     if isinstance(size, bool) or not isinstance(size, int) or size < 2 or size > n:
         raise ValueError(f"size must be an int with 2 <= size <= n = {n} (leave-one-out needs 2), got {size!r}")
     if policy not in _CALC_POLICIES:
         raise ValueError(f"policy must be one of {_CALC_POLICIES}, got {policy!r}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(_check_seed("seed", seed))
     y_cpu = y.detach().cpu()
     if policy == "random":
         idx = torch.randperm(n, generator=gen)[:size]
@@ -749,10 +898,23 @@ def make_activation(name: str, **kwargs) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"name must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     factory = ACTIVATIONS[name]
+    signature = inspect.signature(factory)
     try:
-        inspect.signature(factory).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad keyword arguments for activation {name!r}: {err}") from None
+    for key, value in kwargs.items():  # the torch modules check none of these themselves
+        default = signature.parameters[key].default
+        if value is None and default is None:
+            continue
+        if key == "num_parameters":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"num_parameters must be a positive int, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be True or False, got {value!r}")
+        elif isinstance(default, (int, float)) and not _is_finite_number(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
     return factory(**kwargs)
 
 
@@ -802,6 +964,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
         >>> [len(g["params"]) for g in opt.param_groups]
         [4, 1]
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not _is_finite_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     shape_ids = {id(p) for p in _shape_parameters(model)}

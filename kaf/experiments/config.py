@@ -12,6 +12,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import torch
+
+from kaf.estimators import KERNELS
+from kaf.nn import ACTIVATIONS
+
 __all__ = [
     "ExperimentConfig",
     "DATASETS",
@@ -139,6 +144,17 @@ class ExperimentConfig:
         one_of("target_transform", TARGET_TRANSFORMS)
         one_of("loss", LOSSES)
         one_of("fluid_variant", ("exp", "sigmoid"))
+        one_of("output", ("kaf",) + tuple(sorted(ACTIVATIONS)))
+        one_of("hidden", tuple(sorted(ACTIVATIONS)))
+        one_of("kernel", KERNELS)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a device string ('cpu', 'cuda', ...), got {self.device!r}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be a device string ('cpu', 'cuda', ...), got {self.device!r}") from None
         for attr in ("hidden_size", "epochs", "batch_size"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -149,12 +165,15 @@ class ExperimentConfig:
                 raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
         for attr in ("lr", "bandwidth", "init_scale", "y_multiplier", "grad_scale"):
             value = getattr(self, attr)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{attr} must be a finite number > 0, got {value!r}")
         for attr in ("l1", "l2", "momentum", "fluid_init"):
             value = getattr(self, attr)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{attr} must be a finite number, got {value!r}")
+        for attr in ("seed", "data_seed"):
+            if getattr(self, attr) >= 2**32:
+                raise ValueError(f"{attr} must be below 2**32 (a NumPy seed), got {getattr(self, attr)!r}")
         if self.l1 < 0 or self.l2 < 0:
             raise ValueError(f"l1 and l2 must be >= 0, got l1={self.l1!r}, l2={self.l2!r}")
         if self.model == "cnn" and self.dataset != "mnist":
@@ -172,7 +191,7 @@ class ExperimentConfig:
         for attr in ("bias", "learn_bandwidth"):
             if not isinstance(getattr(self, attr), bool):
                 raise ValueError(f"{attr} must be a bool, got {getattr(self, attr)!r}")
-        if not isinstance(self.tags, tuple):
+        if not isinstance(self.tags, tuple) or not all(isinstance(t, str) for t in self.tags):
             raise ValueError(f"tags must be a tuple of strings, got {self.tags!r}")
 
     def replace(self, **changes) -> "ExperimentConfig":
