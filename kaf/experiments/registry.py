@@ -243,7 +243,7 @@ def _link_shape_post(config, table, net, prep):
 def _singular(scale):
     base = dict(dataset_defaults("wine", scale), optimizer="sgd", lr=0.5, init="normal", epochs=pick(20, 300, scale))
     return [ExperimentConfig(name="singular", output=o, init_scale=sc, seed=s, **base)
-            for o in ("kaf", "sigmoid") for sc in pick((8.0,), (1.0, 4.0, 16.0), scale) for s in _seeds(scale, 1, 10)]
+            for o in ("kaf", "sigmoid") for sc in pick((8.0,), (1.0, 4.0, 16.0), scale) for s in _seeds(scale, 1, 20)]
 
 
 H_GRID = (0.01, 0.1, 0.5, 1.5, 5.0, 20.0, 100.0)
