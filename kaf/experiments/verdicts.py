@@ -17,6 +17,7 @@ verdict is ``inconclusive``. A run that diverged is left out of the intervals an
 counted in the evidence; the exceptions are stated below. Every evidence text states
 the intervals it rests on. The thresholds are module constants, quoted in the chapters:
 
+* ``LEVEL = 0.95``: the confidence level of every interval.
 * ``ACC_TOL = 0.01``: two accuracies closer than one percentage point are a tie.
 * ``RMSE_TOL = 0.05``: two RMSEs within 5 % of each other are a tie.
 * Claim 1 (per data set): K-AF *matches* the baselines when the interval of K-AF − best
