@@ -245,7 +245,7 @@ def _buffer(flat: Optional[torch.Tensor], shape, like: torch.Tensor) -> torch.Te
 
 def _gaussian_weights(a, b, inv, lo, hi, step, leave_out, gaps=None, logw=None, weights=None,
                       keep_gaps: bool = False, keep_logw: bool = False):
-    """Softmax weights :math:`w_{ij} \\propto \\exp(-d_{ij}^2)`, :math:`d_{ij} = (b_j - a_i)/(\\sqrt2 h)`, for queries lo..hi-1.
+    """Softmax weights :math:`w_{ij} \\propto e^{-d_{ij}^2}`, :math:`d_{ij} = (b_j - a_i)/(\\sqrt2 h)`, queries lo..hi-1.
 
     ``a`` (k, n), ``b`` (k, m) are raw indices and ``inv`` (k, 1, 1) is
     :math:`1/(\\sqrt 2 h)`. The difference :math:`b_j - a_i` is formed first and only
@@ -276,7 +276,7 @@ def _gaussian_weights(a, b, inv, lo, hi, step, leave_out, gaps=None, logw=None, 
 
 def _tame(a, b, y, log_h, inv, same: bool, leave_out) -> torch.Tensor:
     """0-d bool tensor: every value finite, h > 0, no query without a reference point, and
-    the scaled index range :math:`R = (\max - \min)/(\sqrt2 h)` small enough
+    the scaled index range :math:`R = (\\max - \\min)/(\\sqrt2 h)` small enough
     (:math:`R < 2^{16}` in float32, :math:`2^{128}` in float64) that no square, weight or
     gradient term of the fast path can overflow. One number carries it all (NaN or inf
     in any input, or a bad h, makes it NaN), so one device synchronisation reads it."""

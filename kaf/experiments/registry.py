@@ -155,6 +155,22 @@ def _calc_size(scale):
     return out
 
 
+def _batch_reference(scale):
+    """Each data set's K-AF network with three reference sets, paired by seed: the fixed
+    calc set of the other experiments (MNIST: m = 500; the others: every training row),
+    a fixed calc subset of one batch's size, and each batch itself (``reference="batch"``;
+    evaluation then uses the fixed calc set). Quick scale leaves out the batch-size subset."""
+    out = []
+    for d in ("iris", "wine", "house", "mnist"):
+        base = dataset_defaults(d, scale)
+        if d == "mnist":
+            base = dict(base, epochs=pick(1, 10, scale))
+        arms = [dict(), dict(reference="batch")] + pick([], [dict(calc_size=base["batch_size"])], scale)
+        out += [ExperimentConfig(name="batch_reference", output="kaf", seed=s, **{**base, **arm})
+                for arm in arms for s in _seeds(scale, 2, 5 if d == "mnist" else 10)]
+    return out
+
+
 def _link_shape(scale):
     return [ExperimentConfig(name="link_shape", output="kaf", seed=s, **dataset_defaults(d, scale))
             for d in ("iris", "wine", "mnist") for s in _seeds(scale, 1, 3)]
@@ -347,6 +363,8 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment("optimizer", "Optimiser: SGD, momentum, Adam, RMSprop", "book/experiments/axes", configs=_optimizer),
     Experiment("calc_size", "Accuracy and time against the calc-subset size m", "book/experiments/calc_size",
                configs=_calc_size),
+    Experiment("batch_reference", "Each batch as the K-AF reference set vs fixed calc sets, paired by seed",
+               "book/experiments/calc_size", configs=_batch_reference),
     Experiment("link_shape", "Shape of the learned K-AF link against a fitted sigmoid", "book/experiments/link_shape",
                configs=_link_shape, post=_link_shape_post),
     Experiment("singular", "Plateaus and saturation: sigmoid vs K-AF from large initial weights",
