@@ -277,13 +277,14 @@ def _gaussian_weights(a, b, inv, lo, hi, step, leave_out, gaps=None, logw=None, 
 def _tame(a, b, y, log_h, inv, same: bool, leave_out) -> torch.Tensor:
     """0-d bool tensor: every value finite, h > 0, no query without a reference point, and
     the scaled index range :math:`R = (\\max - \\min)/(\\sqrt2 h)` small enough
-    (:math:`R < 2^{16}` in float32, :math:`2^{128}` in float64) that no square, weight or
+    (:math:`\\sum_k R_k < 2^{16}` in float32, :math:`2^{128}` in float64) that no square, weight or
     gradient term of the fast path can overflow. One number carries it all (NaN or inf
     in any input, or a bad h, makes it NaN), so one device synchronisation reads it."""
     lo, hi = torch.aminmax(b if same else torch.cat((a, b), 1), dim=1)
     limit = 2.0 ** (math.frexp(torch.finfo(a.dtype).max)[1] // 8)  # 2^16 in float32
     yf = y.view(-1)
-    value = ((hi - lo) * inv).amax() * (1.0 / limit) + (log_h.sum() + torch.dot(yf, yf)) * 0.0
+    # the sum over units bounds the largest R (stricter by at most a factor k)
+    value = torch.dot(hi - lo, inv) * (1.0 / limit) + (log_h.sum() + torch.dot(yf, yf)) * 0.0
     nobody = leave_out.nobody
     return value < 1.0 if nobody is None else (value + nobody) < 1.0
 
@@ -451,17 +452,22 @@ class _GaussianNW(torch.autograd.Function):
         y_centre = y.mean(1, keepdim=True)  # only differences y_j - o_i enter the gradients
         yc = y - y_centre
         yc1 = torch.stack((yc, torch.ones_like(yc)), 1) if need_ab else None  # (k, 2, m)
-        one = step >= n  # a single block needs no scratch buffers
-        oc = None if one else a.new_empty((k, n))
-        rows = a.new_empty((k, 2, n)) if need_ab and not one else None  # see _block_rows
+        if step >= n:  # one block
+            oc, rows, blocks = _GaussianNW._one_block(a, b, yc, yc1, inv, leave_out, need_ab, need_y)
+            ctx.blocks = blocks if keep else None
+            ctx.inv, ctx.yc = inv, yc
+            ctx.save_for_backward(a, b, y, h, oc, rows)
+            return oc + y_centre
+        oc = a.new_empty((k, n))
+        rows = a.new_empty((2, k, n)) if need_ab else None  # see _block_rows
         # Blocks the backward needs are consecutive slices of one buffer (P, and w when y
         # needs a gradient); the others live in block-sized buffers reused block to block.
         size = k * step * m
-        kept_p = a.new_empty(k * n * m) if keep and need_ab and not one else None
-        kept_w = a.new_empty(k * n * m) if keep and need_y and not one else None
-        work_d = a.new_empty(size) if not one and kept_p is None and (need_ab or kept_w is None) else None
-        work_l = a.new_empty(size) if not one and need_ab else None
-        work_w = a.new_empty(size) if not one and need_ab and kept_w is None else None
+        kept_p = a.new_empty(k * n * m) if keep and need_ab else None
+        kept_w = a.new_empty(k * n * m) if keep and need_y else None
+        work_d = a.new_empty(size) if kept_p is None and (need_ab or kept_w is None) else None
+        work_l = a.new_empty(size) if need_ab else None
+        work_w = a.new_empty(size) if need_ab and kept_w is None else None
         blocks = []
         for lo, hi in _chunks(n, step):
             span = slice(k * lo * m, k * hi * m)
@@ -473,16 +479,12 @@ class _GaussianNW(torch.autograd.Function):
                 w, d, lw = _gaussian_weights(a, b, inv, lo, hi, step, leave_out,
                                              work_d if kept_w is None else kept_w[span])
             o = _rowdot(yc, w)
+            oc[:, lo:hi] = o
             p = None
             if need_ab:
                 p = d.mul_(w)
-                r = _GaussianNW._block_rows(yc1, o, p, lw.mul_(w))
-            if one:
-                oc, rows = o, (r if need_ab else None)
-            else:
-                oc[:, lo:hi] = o
-                if need_ab:
-                    rows[:, :, lo:hi] = r
+                rows[0, :, lo:hi] = _GaussianNW._block_rows(yc1, o, p)
+                rows[1, :, lo:hi] = _GaussianNW._block_rows(yc1, o, lw.mul_(w))
             if keep:
                 blocks.append((lo, hi, p, w if need_y else None))
         ctx.blocks = blocks if keep else None
@@ -491,13 +493,34 @@ class _GaussianNW(torch.autograd.Function):
         return oc + y_centre
 
     @staticmethod
-    def _block_rows(yc1, o, p, q):
-        """Row sums of one block that the gradients need, (k, 2, c):
-        :math:`\\sum_j P_{ij}(y_j - o_i)` (for da) and :math:`\\sum_j w_{ij} d_{ij}^2 (y_j - o_i)` (for dh),
-        from P = w d and q = -w d^2; they do not depend on the upstream gradient."""
-        rp = torch.bmm(yc1, p.transpose(1, 2))  # sum_j P_ij y_j, sum_j P_ij
-        rq = torch.bmm(yc1, q.transpose(1, 2))
-        return torch.stack((rp[:, 0] - o * rp[:, 1], o * rq[:, 1] - rq[:, 0]), 1)
+    def _block_rows(yc1, o, x):
+        """:math:`\\sum_j x_{ij}(y_j - o_i)`, (k, c), for x = P = w d (the rows of da) or
+        x = w * logw = -w d^2 (those of dh); they do not depend on the upstream gradient."""
+        r = torch.bmm(yc1, x.transpose(1, 2))  # sum_j x_ij y_j, sum_j x_ij
+        return r[:, 0] - o * r[:, 1]
+
+    @staticmethod
+    def _one_block(a, b, yc, yc1, inv, leave_out, need_ab, need_y):
+        """The forward in one block, with as few operations as possible (small training batches):
+        the gaps and the log-weights share one buffer, so P = w d and w * logw come from one
+        multiplication and their row sums from one matrix product. Returns (oc, rows, blocks)."""
+        k, n = a.shape
+        m = b.shape[1]
+        if not need_ab:
+            w = _gaussian_weights(a, b, inv, 0, n, n, leave_out)[0]
+            return _rowdot(yc, w), None, [(0, n, None, w if need_y else None)]
+        pair = a.new_empty((2, k, n, m))
+        d, lw = pair[0], pair[1]
+        torch.sub(b.unsqueeze(1), a.unsqueeze(2), out=d)
+        d.mul_(inv)
+        torch.addcmul(leave_out.bias(0, n, d), d, d, value=-1.0, out=lw)
+        leave_out.fill_(lw, 0, n, n, _excluded(lw.dtype), dense_done=True)
+        w = torch.softmax(lw, dim=-1)
+        oc = _rowdot(yc, w)
+        pair.mul_(w)  # P = w d and w * logw
+        r = torch.bmm(yc1.repeat(2, 1, 1), pair.view(2 * k, n, m).transpose(1, 2)).view(2, k, 2, n)
+        rows = r[:, :, 0] - oc * r[:, :, 1]  # (2, k, n)
+        return oc, rows, [(0, n, pair[0], w if need_y else None)]
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -539,11 +562,11 @@ class _GaussianNW(torch.autograd.Function):
         if need_ab:
             two_inv = 2 * inv.view(-1, 1)
             if needs[0]:
-                grad_a = two_inv * g * rows[:, 0]
+                grad_a = two_inv * g * rows[0]
             if needs[1]:
                 grad_b = two_inv * (cols[:, 1] - ctx.yc * cols[:, 0])
-            if needs[3]:
-                grad_h = torch.linalg.vecdot(g, rows[:, 1]).mul_(2).div_(h)
+            if needs[3]:  # rows[1] = sum_j w logw (y_j - o_i) = -sum_j w d^2 (y_j - o_i)
+                grad_h = torch.linalg.vecdot(g, rows[1]).mul_(-2).div_(h)
         return grad_a, grad_b, grad_y, grad_h, None, None, None, None, None
 
     @staticmethod

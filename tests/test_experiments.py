@@ -331,3 +331,14 @@ def test_batch_reference_overall_verdict_combines_data_sets(tmp_path):
     assert (v["batch-reference-wine"], v["batch-reference-iris"], v["batch-reference"]) == ("holds", "fails", "depends")
     pairs = verdicts.reference_pairs(table)
     assert len(pairs) == 10 and pairs.batch.notna().all() and pairs.calc_batch_size.isna().all()
+
+
+def test_reference_differences_figure_has_one_panel_per_data_set():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kaf.experiments import plots
+
+    table = pd.concat([_reference_table([0.0, 0.01, -0.01], "wine", small=0.0), _reference_table([0.02] * 3, "iris")])
+    fig = plots.reference_differences(verdicts.reference_pairs(table))
+    assert [ax.get_title() for ax in fig.axes] == ["iris", "wine"]
