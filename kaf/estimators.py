@@ -518,7 +518,8 @@ class _GaussianNW(torch.autograd.Function):
         w = torch.softmax(lw, dim=-1)
         oc = _rowdot(yc, w)
         pair.mul_(w)  # P = w d and w * logw
-        r = torch.bmm(yc1.repeat(2, 1, 1), pair.view(2 * k, n, m).transpose(1, 2)).view(2, k, 2, n)
+        yc1 = yc1.expand(2, k, 2, m).reshape(2 * k, 2, m)
+        r = torch.bmm(yc1, pair.view(2 * k, n, m).transpose(1, 2)).view(2, k, 2, n)
         rows = r[:, :, 0] - oc * r[:, :, 1]  # (2, k, n)
         return oc, rows, [(0, n, pair[0], w if need_y else None)]
 
