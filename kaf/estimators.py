@@ -160,7 +160,6 @@ class _LeaveOut:
         self.rows, self.cols = rows, order[pos[rows]]  # the left-out pairs, rows ascending
         self._blocks = {}
 
-
     def bias(self, lo, hi, like) -> torch.Tensor:
         """Additive (hi-lo, m) mask, 0 where kept and :func:`_excluded` where left out (dense case),
         else a 0-d zero."""
@@ -423,14 +422,15 @@ class _GaussianNW(torch.autograd.Function):
 
     P and :math:`w d^2` are formed from the exact gaps, so no large terms cancel, and y is
     centred. The forward works through the queries in blocks (``_BLOCK`` entries, or
-    ``chunk_size`` queries): each block's gaps, weights, outputs and row sums are
-    computed while the block is in cache. Without chunking the blocks of P (and of w when y needs a
-    gradient) are kept for the backward; with chunking they are recomputed chunk by
+    ``chunk_size`` queries): each block's gaps, weights, outputs and row sums are computed
+    while the block is in cache. Without chunking the blocks of P (and of w when y needs
+    a gradient) are kept for the backward; with chunking they are recomputed chunk by
     chunk, so memory stays O(chunk·m·k). No autograd graph is built.
 
-    Inputs outside the range where this is overflow-free (a scaled index range above
-    :math:`2^{16}` in float32, huge targets) go through an overflow-safe float64 path;
-    with ``create_graph=True`` the backward is :func:`_nw_dense` differentiated by autograd.
+    Inputs outside the range where this is overflow-free (scaled index ranges summing to
+    more than :math:`2^{16}` in float32, huge targets) go through an overflow-safe float64
+    path; with ``create_graph=True`` the backward is :func:`_nw_dense` differentiated by
+    autograd.
     """
 
     @staticmethod
@@ -459,7 +459,7 @@ class _GaussianNW(torch.autograd.Function):
             ctx.save_for_backward(a, b, y, h, oc, rows)
             return oc + y_centre
         oc = a.new_empty((k, n))
-        rows = a.new_empty((2, k, n)) if need_ab else None  # see _block_rows
+        rows = a.new_empty((2, k, n)) if need_ab else None  # the rows of dh and of da, see _block_rows
         # Blocks the backward needs are consecutive slices of one buffer (P, and w when y
         # needs a gradient); the others live in block-sized buffers reused block to block.
         size = k * step * m
@@ -483,8 +483,8 @@ class _GaussianNW(torch.autograd.Function):
             p = None
             if need_ab:
                 p = d.mul_(w)
-                rows[0, :, lo:hi] = _GaussianNW._block_rows(yc1, o, p)
-                rows[1, :, lo:hi] = _GaussianNW._block_rows(yc1, o, lw.mul_(w))
+                rows[0, :, lo:hi] = _GaussianNW._block_rows(yc1, o, lw.mul_(w)).neg_()
+                rows[1, :, lo:hi] = _GaussianNW._block_rows(yc1, o, p)
             if keep:
                 blocks.append((lo, hi, p, w if need_y else None))
         ctx.blocks = blocks if keep else None
@@ -495,7 +495,7 @@ class _GaussianNW(torch.autograd.Function):
     @staticmethod
     def _block_rows(yc1, o, x):
         """:math:`\\sum_j x_{ij}(y_j - o_i)`, (k, c), for x = P = w d (the rows of da) or
-        x = w * logw = -w d^2 (those of dh); they do not depend on the upstream gradient."""
+        x = w * logw = -w d^2 (minus those of dh); they do not depend on the upstream gradient."""
         r = torch.bmm(yc1, x.transpose(1, 2))  # sum_j x_ij y_j, sum_j x_ij
         return r[:, 0] - o * r[:, 1]
 
@@ -509,19 +509,21 @@ class _GaussianNW(torch.autograd.Function):
         if not need_ab:
             w = _gaussian_weights(a, b, inv, 0, n, n, leave_out)[0]
             return _rowdot(yc, w), None, [(0, n, None, w if need_y else None)]
-        pair = a.new_empty((2, k, n, m))
-        d, lw = pair[0], pair[1]
+        pair = a.new_empty((2, k, n, m))  # two buffers only: the gaps, and the log-weights -> weights
+        d, w = pair[0], pair[1]
         torch.sub(b.unsqueeze(1), a.unsqueeze(2), out=d)
         d.mul_(inv)
-        torch.addcmul(leave_out.bias(0, n, d), d, d, value=-1.0, out=lw)
-        leave_out.fill_(lw, 0, n, n, _excluded(lw.dtype), dense_done=True)
-        w = torch.softmax(lw, dim=-1)
+        torch.addcmul(leave_out.bias(0, n, d), d, d, value=-1.0, out=w)
+        leave_out.fill_(w, 0, n, n, _excluded(w.dtype), dense_done=True)
+        torch.softmax(w, dim=-1, out=w)
         oc = _rowdot(yc, w)
-        pair.mul_(w)  # P = w d and w * logw
+        kept_w = w.clone() if need_y else None
+        w.mul_(d)  # P = w d
+        d.mul_(w)  # w d^2
         yc1 = yc1.expand(2, k, 2, m).reshape(2 * k, 2, m)
         r = torch.bmm(yc1, pair.view(2 * k, n, m).transpose(1, 2)).view(2, k, 2, n)
-        rows = r[:, :, 0] - oc * r[:, :, 1]  # (2, k, n)
-        return oc, rows, [(0, n, pair[0], w if need_y else None)]
+        rows = r[:, :, 0] - oc * r[:, :, 1]  # (2, k, n): the rows of dh and of da
+        return oc, rows, [(0, n, pair[1], kept_w)]
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -563,11 +565,11 @@ class _GaussianNW(torch.autograd.Function):
         if need_ab:
             two_inv = 2 * inv.view(-1, 1)
             if needs[0]:
-                grad_a = two_inv * g * rows[0]
+                grad_a = two_inv * g * rows[1]
             if needs[1]:
                 grad_b = two_inv * (cols[:, 1] - ctx.yc * cols[:, 0])
-            if needs[3]:  # rows[1] = sum_j w logw (y_j - o_i) = -sum_j w d^2 (y_j - o_i)
-                grad_h = torch.linalg.vecdot(g, rows[1]).mul_(-2).div_(h)
+            if needs[3]:  # rows[0] = sum_j w d^2 (y_j - o_i)
+                grad_h = torch.linalg.vecdot(g, rows[0]).mul_(2).div_(h)
         return grad_a, grad_b, grad_y, grad_h, None, None, None, None, None
 
     @staticmethod
@@ -672,9 +674,10 @@ def nadaraya_watson(
 
     Any finite input gives a finite answer. The Gaussian path checks every value with a
     single device synchronisation; inputs at which its squares or gradient terms could
-    overflow (scaled index range :math:`(\max - \min)/(\sqrt2 h)` above :math:`2^{16}` in
-    float32, targets beyond :math:`\sim 10^{19}`) are computed by a slower overflow-safe
-    path in float64 (weights from the gaps to the nearest reference point). float16 and
+    overflow (scaled index ranges :math:`(\max - \min)/(\sqrt2 h)` summing to more than
+    :math:`2^{16}` over the units in float32, targets beyond :math:`\sim 10^{19}`) are
+    computed by a slower overflow-safe path in float64 (weights from the gaps to the
+    nearest reference point). float16 and
     bfloat16 inputs are computed in float32.
 
     Args:

@@ -322,6 +322,7 @@ def test_batch_reference_verdict_uses_the_paired_interval_and_the_tie_band(tmp_p
     assert v.loc["batch-reference-wine", "verdict"] == expected
     assert v.loc["batch-reference", "verdict"] == expected  # one data set: the overall verdict is its verdict
     assert "vs a fixed subset of a batch's size (m=16)" in v.loc["batch-reference-wine", "evidence"]
+    assert "diverged" not in v.loc["batch-reference-wine", "evidence"]
 
 
 def test_batch_reference_overall_verdict_combines_data_sets(tmp_path):
@@ -331,6 +332,11 @@ def test_batch_reference_overall_verdict_combines_data_sets(tmp_path):
     assert (v["batch-reference-wine"], v["batch-reference-iris"], v["batch-reference"]) == ("holds", "fails", "depends")
     pairs = verdicts.reference_pairs(table)
     assert len(pairs) == 10 and pairs.batch.notna().all() and pairs.calc_batch_size.isna().all()
+    # a diverged run is left out of its pair and counted in the evidence
+    table.loc[(table.dataset == "wine") & (table.seed == 0) & (table.reference == "batch"), "diverged"] = True
+    table.to_csv(tmp_path / "batch_reference.csv", index=False)
+    ev = verdicts.compute_verdicts(tmp_path).set_index("claim_id").evidence
+    assert ev["batch-reference-wine"].startswith("4 paired seeds") and "1 runs diverged" in ev["batch-reference-wine"]
 
 
 def test_reference_differences_figure_has_one_panel_per_data_set():

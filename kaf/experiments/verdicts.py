@@ -386,6 +386,7 @@ def batch_reference_verdicts(folder) -> list:
     if it holds on some and fails on others, otherwise ``inconclusive``."""
     table = load("batch_reference", folder)
     pairs = reference_pairs(table)
+    fin = final_rows(table)
     times = table.assign(arm=np.where(table.get("reference", "calc") == "batch", "batch", "calc"),
                          small=table.calc_size == table.batch_size)
     times = times[~times.small].groupby(["dataset", "arm"]).epoch_time.median()
@@ -405,8 +406,7 @@ def batch_reference_verdicts(folder) -> list:
         if np.isfinite(small).sum() >= 2:
             _, sd, sh, _ = _no_worse(d.batch.values, small, metric)
             ev += f"; vs a fixed subset of a batch's size (m={batch_size}): {np.nanmean(small):.3f}, {sd:+.3f} ± {sh:.3f}"
-        ran = ["batch", "calc"] + (["calc_batch_size"] if np.isfinite(small).any() else [])
-        diverged = int(d[ran].isna().sum().sum())
+        diverged = int(fin.loc[fin.dataset == ds, "diverged"].astype(bool).sum())
         if diverged:
             ev += f"; {diverged} runs diverged (left out)"
         if (ds, "batch") in times.index and (ds, "calc") in times.index:
