@@ -13,7 +13,7 @@ lr 0.005, batch 128). Three outputs, trained side by side for each seed:
 The time of an output is the median epoch time (training only, evaluation excluded; the
 first epoch is a warm-up and left out), the accuracy its final test accuracy, both
 averaged over ``--seeds``. Target: the batch reference costs at most 1.5x the sigmoid
-epoch at the calc set's accuracy (within 0.01).
+epoch at the calc set's accuracy (not more than 0.01 below it).
 
     python benchmarks/bench_mnist_epoch.py [--device cuda] [--epochs 10] [--seeds 3] [--calc-size M] [--threads T]
 """
@@ -72,9 +72,9 @@ def main(argv=None) -> dict:
     for arm, label in (("sigmoid", "sigmoid"), ("calc", f"K-AF, fixed calc set m = {m}"),
                        ("batch", "K-AF, the batch as reference")):
         print(f"{label:32s} {1e3 * t[arm]:10.1f} {t[arm] / t['sigmoid']:10.2f}x {acc[arm]:14.4f}")
-    met = ratio <= TARGET and abs(gap) <= ACC_TOL
+    met = ratio <= TARGET and gap >= -ACC_TOL
     print(f"batch reference / sigmoid epoch = {ratio:.2f} (target <= {TARGET:g}); accuracy batch - calc set = "
-          f"{gap:+.4f} (equal within {ACC_TOL:g}): {'met' if met else 'NOT met'}")
+          f"{gap:+.4f} (at least -{ACC_TOL:g}): {'met' if met else 'NOT met'}")
     return dict(ratio=ratio, gap=gap, times=t, accuracy=acc)
 
 

@@ -245,6 +245,7 @@ def reference_differences(pairs: pd.DataFrame, acc_tol: float = 0.01, rmse_tol: 
         ax.axhline(0.0, color="k", lw=0.6)
         ax.set_xticks([0, 1], [f"m={int(d.m.iloc[0])}", f"m={int(d.batch_size.iloc[0])}"], fontsize=8)
         ax.set_xlim(-0.5, 1.5)
+        ax.set_xlabel("against the fixed calc set", fontsize=8)
         ax.set_title(ds, fontsize=9)
         ax.set_ylabel("batch − fixed calc set" if acc else "RMSE batch / fixed − 1", fontsize=8)
     fig.suptitle("the batch as reference set against fixed calc sets (grey: tie band)", fontsize=9)
