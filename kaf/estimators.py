@@ -111,11 +111,14 @@ def _no_reference_left(bad: int) -> ValueError:
     )
 
 
-def _loo_mask(query_ids, ref_ids, lo, hi):
-    """Boolean (hi-lo, m) mask of left-out pairs, or None; raises if a query loses every point."""
+def _loo_mask(query_ids, ref_ids, lo, hi, check: bool = True):
+    """Boolean (hi-lo, m) mask of left-out pairs, or None; with ``check`` raises if a query loses
+    every point (not under torch.func transforms, where that data-dependent test is impossible)."""
     if query_ids is None:
         return None
     mask = query_ids[lo:hi].unsqueeze(1) == ref_ids.unsqueeze(0)
+    if not check:
+        return mask
     left = mask.shape[1] - mask.sum(dim=1)
     if bool((left == 0).any()):
         raise _no_reference_left(int(torch.nonzero(left == 0)[0, 0]) + lo)
@@ -608,14 +611,14 @@ def _compact_kernel(name: str, u: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, k, torch.zeros_like(u))
 
 
-def _compact_nw(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size):
+def _compact_nw(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size, check=True):
     # (n, m, k) layout through plain autograd: compact kernels are the comparison
     # case, not the hot path.
     outs = []
     for lo, hi in _chunks(z.shape[0], chunk_size):
         d = z_ref.unsqueeze(0) - z[lo:hi].unsqueeze(1)  # (c, m, k)
         K = _compact_kernel(kernel, d / h)
-        mask = _loo_mask(query_ids, ref_ids, lo, hi)
+        mask = _loo_mask(query_ids, ref_ids, lo, hi, check)
         if mask is not None:
             K = K.masked_fill(mask.unsqueeze(2), 0.0)
         den = K.sum(1)
@@ -758,7 +761,7 @@ def nadaraya_watson(
             _check_bandwidth(h_t)
         if n == 0:
             return z.new_zeros((0, k)) + 0 * h_t.sum()
-        return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size)
+        return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size, check=not transformed)
 
     dtype = z.dtype
     same = z_ref is z

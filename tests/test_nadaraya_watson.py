@@ -374,6 +374,17 @@ def test_torch_func_transforms_match_eager():
     torch.testing.assert_close(hess, ref)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_vmap_over_queries_with_their_ids_matches_the_batched_call(kernel):
+    from torch.func import vmap
+
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    h = 2.5 if kernel != "gaussian" else h
+    rows = vmap(lambda t, i: nadaraya_watson(t.unsqueeze(0), z_ref, y_ref, h, kernel=kernel,
+                                             query_ids=i.unsqueeze(0), ref_ids=rid))(z, qid).squeeze(1)
+    torch.testing.assert_close(rows, nadaraya_watson(z, z_ref, y_ref, h, kernel=kernel, query_ids=qid, ref_ids=rid))
+
+
 def test_forward_mode_ad_matches_jacobian():
     import torch.autograd.forward_ad as fwAD
 
