@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 __all__ = [
     "KERNELS",
@@ -49,14 +50,15 @@ KERNELS = ("gaussian", "epanechnikov", "triangular", "uniform")
 # --------------------------------------------------------------------------- validation
 
 
-def _check_tensor(name: str, x, ndim: int) -> torch.Tensor:
+def _check_tensor(name: str, x, ndim: int, finite: bool = True) -> torch.Tensor:
+    """Type, rank and dtype checks; with ``finite`` also the values (one device synchronisation)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
 
@@ -73,19 +75,19 @@ def _check_ids(name: str, ids, length: int, length_name: str, device) -> torch.T
     return ids.to(device=device)
 
 
-def _as_bandwidth(h, k: int, like: torch.Tensor) -> torch.Tensor:
-    """Return the bandwidth as a (k,) tensor on ``like``'s device and dtype (keeps autograd)."""
+def _bandwidth_tensor(h, k: int, like: torch.Tensor) -> torch.Tensor:
+    """The bandwidth as a (k,) tensor on ``like``'s device and dtype (keeps autograd); shape checks only."""
     if isinstance(h, torch.Tensor):
         if h.dim() > 1 or (h.dim() == 1 and h.shape[0] not in (1, k)):
             raise ValueError(f"h must be a scalar or a tensor of shape ({k},), got shape {tuple(h.shape)}")
+        if h.is_complex():
+            raise ValueError(f"h must be a real number or tensor, got dtype {h.dtype}")
         h_t = h.to(device=like.device, dtype=like.dtype)
     else:
         try:
             h_t = torch.tensor(float(h), device=like.device, dtype=like.dtype)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"h must be a positive number or tensor, got {h!r}") from None
-    if not bool(torch.isfinite(h_t).all()) or not bool((h_t > 0).all()):
-        raise ValueError(f"h must be finite and > 0, got {h_t.detach().cpu().tolist()}")
     return h_t.expand(k) if h_t.dim() == 0 or h_t.shape[0] == 1 else h_t
 
 
@@ -118,24 +120,19 @@ def _check_positive(name: str, value) -> float:
     return float(value)
 
 
-# --------------------------------------------------------------------------- gaussian fast path
+def _check_bandwidth(h_t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(h_t).all()) or not bool((h_t > 0).all()):
+        raise ValueError(f"h must be finite and > 0, got {h_t.detach().cpu().tolist()}")
 
 
-def _gaussian_weights(a: torch.Tensor, b: torch.Tensor, pairs) -> torch.Tensor:
-    """Softmax weights :math:`w_{ij} \\propto \\exp(-(b_j-a_i)^2)` in (k, n, m) layout.
+def _as_bandwidth(h, k: int, like: torch.Tensor) -> torch.Tensor:
+    """The bandwidth as a (k,) tensor, checked to be finite and > 0."""
+    h_t = _bandwidth_tensor(h, k, like)
+    _check_bandwidth(h_t)
+    return h_t
 
-    ``a`` (k, n) and ``b`` (k, m) are indices already divided by :math:`\\sqrt 2 h`.
-    Computing the exact squared difference (rather than expanding the square) keeps
-    full precision when the indices are far from each other; the softmax subtracts the
-    row maximum, so a query far from every reference point gets weight 1 on the
-    nearest one instead of 0/0. ``pairs`` (rows, cols) are the left-out pairs.
-    """
-    w = torch.sub(b.unsqueeze(1), a.unsqueeze(2))
-    w.square_().neg_()
-    if pairs is not None:
-        w[:, pairs[0], pairs[1]] = float("-inf")
-    torch.softmax(w, dim=-1, out=w)
-    return w
+
+# --------------------------------------------------------------------------- leave-one-out
 
 
 def _chunks(n: int, chunk_size: Optional[int]):
@@ -144,52 +141,116 @@ def _chunks(n: int, chunk_size: Optional[int]):
         yield start, min(start + step, n)
 
 
-def _loo_mask(query_ids, ref_ids, lo, hi):
-    """Boolean (hi-lo, m) mask of left-out pairs, or None; raises if a query loses every point."""
+def _no_reference_left(bad: int) -> ValueError:
+    return ValueError(
+        f"query {bad} has no reference point left after leave-one-out exclusion: "
+        "every ref_ids entry equals its query_ids entry (the reference set needs another point)"
+    )
+
+
+def _loo_mask(query_ids, ref_ids, lo, hi, check: bool = True):
+    """Boolean (hi-lo, m) mask of left-out pairs, or None; with ``check`` raises if a query loses
+    every point (not under torch.func transforms, where that data-dependent test is impossible)."""
     if query_ids is None:
         return None
     mask = query_ids[lo:hi].unsqueeze(1) == ref_ids.unsqueeze(0)
+    if not check:
+        return mask
     left = mask.shape[1] - mask.sum(dim=1)
     if bool((left == 0).any()):
-        bad = int(torch.nonzero(left == 0)[0, 0]) + lo
-        raise ValueError(
-            f"query {bad} has no reference point left after leave-one-out exclusion: "
-            "every ref_ids entry equals its query_ids entry (the reference set needs another point)"
-        )
+        raise _no_reference_left(int(torch.nonzero(left == 0)[0, 0]) + lo)
     return mask
 
 
-class _LeaveOut:
-    """Finds the left-out pairs (query_ids[i] == ref_ids[j]) chunk by chunk.
+#: Up to this many (query, reference) pairs the left-out pairs are kept as a dense (n, m)
+#: additive mask (0 or a huge negative number): one comparison, no sorting and no device synchronisation,
+#: and it is added to the log-weights for free. Above it they are found by binary search.
+_DENSE_MASK_MAX = 1 << 18
 
-    With unique reference ids (the usual case: calc points are distinct rows) each
-    query matches at most one reference point, found by binary search in
-    O((n + m) log m) instead of an (n, m) comparison; duplicated ids fall back to the
-    comparison.
+
+class _LeaveOut:
+    """The left-out pairs ``query_ids[i] == ref_ids[j]`` of one call.
+
+    * no ids: nothing is left out;
+    * at most ``_DENSE_MASK_MAX`` pairs: a dense (n, m) boolean mask, also kept as an
+      additive bias of 0 / a huge negative number (duplicated ids need nothing special);
+    * more pairs, unique reference ids (the usual case: calc points are distinct rows):
+      each query matches at most one reference point, found by binary search in
+      O((n + m) log m) instead of an (n, m) comparison, once per call;
+    * more pairs, duplicated reference ids: the comparison, chunk by chunk.
     """
 
     def __init__(self, query_ids, ref_ids):
         self.query_ids, self.ref_ids = query_ids, ref_ids
-        if query_ids is not None:
-            self.sorted_ids, self.order = torch.sort(ref_ids)
-            self.unique = bool((self.sorted_ids[1:] != self.sorted_ids[:-1]).all())
+        self.mask = self._bias = self.rows = self._zero = self.nobody = None
+        if query_ids is None:
+            return
+        n, m = query_ids.shape[0], ref_ids.shape[0]
+        if n * m <= _DENSE_MASK_MAX:
+            self.mask = query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
+            self.nobody = self.mask.all(1).any()  # does some query lose every reference point
+            return
+        sorted_ids, order = torch.sort(ref_ids)
+        if not bool((sorted_ids[1:] != sorted_ids[:-1]).all()):
+            return  # duplicated reference ids: compare chunk by chunk
+        pos = torch.searchsorted(sorted_ids, query_ids).clamp_(max=m - 1)
+        rows = torch.nonzero(sorted_ids[pos] == query_ids).squeeze(1)
+        if m == 1 and rows.numel() > 0:
+            raise _no_reference_left(int(rows[0]))
+        self.rows, self.cols = rows, order[pos[rows]]  # the left-out pairs, rows ascending
+        self._blocks = {}
 
-    def pairs(self, lo, hi):
-        """(rows, cols) of the left-out pairs among queries lo..hi-1 (rows relative to lo), or None."""
+    def bias(self, lo, hi, like) -> torch.Tensor:
+        """Additive (hi-lo, m) mask, 0 where kept and :func:`_excluded` where left out (dense case),
+        else a 0-d zero."""
+        if self.mask is None:
+            if self._zero is None or self._zero.dtype != like.dtype:
+                self._zero = like.new_zeros(())
+            return self._zero
+        if self._bias is None or self._bias.dtype != like.dtype:
+            self._bias = torch.zeros(self.mask.shape, dtype=like.dtype, device=like.device).masked_fill_(
+                self.mask, _excluded(like.dtype))
+        return self._bias[lo:hi]
+
+    def fill_(self, t, lo, hi, step, value, dense_done: bool = False):
+        """Set the left-out entries of ``t`` (k, hi-lo, m) to ``value``; its rows are the queries
+        lo..hi-1, one of the blocks ``_chunks(n, step)``."""
+        if self.query_ids is None or (dense_done and self.mask is not None):
+            return t
+        if self.mask is not None:
+            return t.masked_fill_(self.mask[lo:hi], value)
+        if self.rows is None:
+            return t.masked_fill_(_loo_mask(self.query_ids, self.ref_ids, lo, hi), value)
+        if step not in self._blocks:  # the pairs of each block as flat positions in it, found once
+            block = torch.div(self.rows, step, rounding_mode="floor")
+            counts = torch.bincount(block, minlength=-(-self.query_ids.shape[0] // step)).tolist()
+            flat = (self.rows - block * step) * t.shape[2] + self.cols
+            self._blocks[step] = torch.split(flat, counts)
+        index = self._blocks[step][lo // step]
+        if index.numel():
+            t.view(t.shape[0], -1).index_fill_(1, index, value)
+        return t
+
+    def dense(self) -> Optional[torch.Tensor]:
+        """The (n, m) boolean mask of left-out pairs (None without ids)."""
         if self.query_ids is None:
             return None
-        if not self.unique:
-            return torch.nonzero(_loo_mask(self.query_ids, self.ref_ids, lo, hi), as_tuple=True)
-        q = self.query_ids[lo:hi]
-        m = self.sorted_ids.shape[0]
-        pos = torch.searchsorted(self.sorted_ids, q).clamp_(max=m - 1)
-        rows = torch.nonzero(self.sorted_ids[pos] == q).squeeze(1)
-        if m == 1 and rows.numel() > 0:
-            raise ValueError(
-                f"query {int(rows[0]) + lo} has no reference point left after leave-one-out exclusion: "
-                "every ref_ids entry equals its query_ids entry (the reference set needs another point)"
-            )
-        return rows, self.order[pos[rows]]
+        if self.mask is not None:
+            return self.mask
+        return self.query_ids.unsqueeze(1) == self.ref_ids.unsqueeze(0)
+
+    def first_empty(self, chunk: int = 1024) -> Optional[int]:
+        """The first query that loses every reference point, or None."""
+        if self.query_ids is None:
+            return None
+        for lo in range(0, self.query_ids.shape[0], chunk):
+            full = (self.query_ids[lo:lo + chunk].unsqueeze(1) == self.ref_ids.unsqueeze(0)).all(1)
+            if bool(full.any()):
+                return int(torch.nonzero(full)[0, 0]) + lo
+        return None
+
+
+# --------------------------------------------------------------------------- gaussian fast path
 
 
 def _rowdot(r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -206,84 +267,371 @@ def _coldot(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(1), w).squeeze(1)
 
 
+_LOG_SQRT2 = 0.5 * math.log(2.0)
+
+
+def _excluded(dtype) -> float:
+    """Log-weight of a left-out pair: weight exactly 0 after the softmax, yet finite, so that
+    products with it (the log-weights times the weights, for dh) are 0 and not 0 * inf."""
+    return torch.finfo(dtype).min / 4
+
+
+def _buffer(flat: Optional[torch.Tensor], shape, like: torch.Tensor) -> torch.Tensor:
+    if flat is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return flat[:math.prod(shape)].view(shape)
+
+
+def _gaussian_weights(a, b, inv, lo, hi, step, leave_out, gaps=None, logw=None, weights=None,
+                      keep_gaps: bool = False, keep_logw: bool = False):
+    """Softmax weights :math:`w_{ij} \\propto e^{-d_{ij}^2}`, :math:`d_{ij} = (b_j - a_i)/(\\sqrt2 h)`, queries lo..hi-1.
+
+    ``a`` (k, n), ``b`` (k, m) are raw indices and ``inv`` (k, 1, 1) is
+    :math:`1/(\\sqrt 2 h)`. The difference :math:`b_j - a_i` is formed first and only
+    then scaled, so it is exact however far the indices are from zero or from each other
+    (expanding the square, :math:`a^2 - 2ab + b^2`, would lose the float32 accuracy of
+    every nearby pair as soon as the indices are large); the softmax subtracts the row
+    maximum, so a query far from every reference point gets weight 1 on the nearest one
+    instead of 0/0.
+
+    Returns ``(w, d, logw)``, (k, hi-lo, m) each: ``d`` the scaled gaps if ``keep_gaps``,
+    ``logw`` the log-weights :math:`-d^2` if ``keep_logw`` (else None; what is not kept is
+    overwritten in place). ``gaps``, ``logw`` and ``weights`` are flat buffers to write
+    into (None: fresh memory). A few large buffers are recycled by the allocator from call
+    to call; many block-sized ones are handed back to the system and cost fresh page
+    faults every time.
+    """
+    shape = (a.shape[0], hi - lo, b.shape[1])
+    d = _buffer(gaps, shape, a)
+    torch.sub(b.unsqueeze(1), a[:, lo:hi].unsqueeze(2), out=d)
+    d.mul_(inv)
+    lw = _buffer(logw if keep_logw else weights, shape, a) if keep_gaps else d
+    torch.addcmul(leave_out.bias(lo, hi, d), d, d, value=-1.0, out=lw)
+    leave_out.fill_(lw, lo, hi, step, _excluded(lw.dtype), dense_done=True)
+    w = _buffer(weights, shape, a) if keep_logw else lw
+    torch.softmax(lw, dim=-1, out=w)
+    return w, (d if keep_gaps else None), (lw if keep_logw else None)
+
+
+def _tame(a, b, y, log_h, inv, same: bool, leave_out) -> torch.Tensor:
+    """0-d bool tensor: every value finite, h > 0, no query without a reference point, and
+    the scaled index range :math:`R = (\\max - \\min)/(\\sqrt2 h)` small enough
+    (:math:`\\sum_k R_k < 2^{16}` in float32, :math:`2^{128}` in float64) that no square, weight or
+    gradient term of the fast path can overflow. One number carries it all (NaN or inf
+    in any input, or a bad h, makes it NaN), so one device synchronisation reads it."""
+    lo, hi = torch.aminmax(b if same else torch.cat((a, b), 1), dim=1)
+    limit = 2.0 ** (math.frexp(torch.finfo(a.dtype).max)[1] // 8)  # 2^16 in float32
+    yf = y.view(-1)
+    # the sum over units bounds the largest R (stricter by at most a factor k)
+    value = torch.dot(hi - lo, inv) * (1.0 / limit) + (log_h.sum() + torch.dot(yf, yf)) * 0.0
+    nobody = leave_out.nobody
+    return value < 1.0 if nobody is None else (value + nobody) < 1.0
+
+
+def _diagnose(a, b, y, h, leave_out) -> None:
+    """Raise the ValueError that explains why ``_tame`` failed; return if the input is valid."""
+    for name, t in (("z", a), ("z_ref", b), ("y_ref", y)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    _check_bandwidth(h)
+    bad = leave_out.first_empty()
+    if bad is not None:
+        raise _no_reference_left(bad)
+
+
+# --------------------------------------------------------------------------- overflow-safe path
+
+#: chunk of queries of the overflow-safe path (it works on float64 (k, chunk, m) tensors)
+_SAFE_CHUNK = 256
+
+
+class _SafeScales:
+    """float64 copies of the inputs scaled by powers of two (exact): per unit, the indices
+    into [-1, 1] (with h along) and the targets into [-1, 1]."""
+
+    def __init__(self, a, b, y, h):
+        a, b, y, h = (t.detach().double() for t in (a, b, y, h))
+        big = torch.maximum(a.abs().amax(1), b.abs().amax(1))
+        self.p = torch.frexp(big).exponent.clamp(-1000, 1000).unsqueeze(1)  # (k, 1)
+        self.q = torch.frexp(y.abs().amax(1)).exponent.clamp(-1000, 1000).unsqueeze(1)
+        self.a, self.b = torch.ldexp(a, -self.p), torch.ldexp(b, -self.p)
+        self.y = torch.ldexp(y, -self.q)
+        h = torch.ldexp(h.unsqueeze(1), -self.p)
+        fmax = torch.finfo(torch.float64).max
+        # 1/(sqrt2 h); capped: h can underflow to 0 once scaled (then every finite gap is "far")
+        self.inv = (1.0 / (math.sqrt(2.0) * h)).clamp(max=fmax).unsqueeze(2)  # (k, 1, 1)
+
+    def weights(self, lo, hi, step, leave_out):
+        """(w, delta): softmax weights from exact log-weight differences, and the gaps b_j - a_i."""
+        fmax = torch.finfo(torch.float64).max
+        delta = self.b.unsqueeze(1) - self.a[:, lo:hi].unsqueeze(2)  # |delta| <= 2
+        dist = leave_out.fill_(delta.abs(), lo, hi, step, float("inf"))
+        near = dist.amin(-1, keepdim=True)  # the nearest kept reference point
+        # -(d^2 - d_near^2) / (2 h^2) as a product of two capped non-negative factors: 0 at the
+        # nearest point (so the softmax never sees a row of -inf), -inf where it overflows.
+        u = ((dist - near) * self.inv).clamp_(max=fmax)
+        v = ((dist + near) * self.inv).clamp_(max=fmax)
+        return torch.softmax(-(u * v), dim=-1), delta
+
+
+def _safe_forward(a, b, y, h, leave_out, chunk_size):
+    s = _SafeScales(a, b, y, h)
+    out = torch.empty(a.shape, dtype=torch.float64, device=a.device)
+    step = min(chunk_size or _SAFE_CHUNK, _SAFE_CHUNK)
+    for lo, hi in _chunks(a.shape[1], step):
+        w, _ = s.weights(lo, hi, step, leave_out)
+        out[:, lo:hi] = _rowdot(s.y, w)
+    return torch.ldexp(out, s.q).to(a.dtype)
+
+
+def _safe_backward(a, b, y, h, out, grad_out, leave_out, chunk_size, needs):
+    """First-order gradients of the overflow-safe path, in float64, never 0 * inf."""
+    s = _SafeScales(a, b, y, h)
+    g = grad_out.double()
+    o = torch.ldexp(out.double(), -s.q)  # the forward's output
+    k, n = a.shape
+    s_a = torch.zeros((k, n), dtype=torch.float64, device=a.device)
+    s_b = torch.zeros(b.shape, dtype=torch.float64, device=a.device)
+    s_h = torch.zeros((k,), dtype=torch.float64, device=a.device)
+    g_y = torch.zeros(b.shape, dtype=torch.float64, device=a.device)
+    step = min(chunk_size or _SAFE_CHUNK, _SAFE_CHUNK)
+    for lo, hi in _chunks(n, step):
+        w, delta = s.weights(lo, hi, step, leave_out)
+        gc = g[:, lo:hi].unsqueeze(2)
+        if needs[2]:
+            g_y += (gc * w).sum(1)
+        x = gc * w * (s.y.unsqueeze(1) - o[:, lo:hi].unsqueeze(2)) * delta  # finite: |delta| <= 2
+        s_a[:, lo:hi] = x.sum(2)
+        s_b += x.sum(1)
+        s_h += (x * delta).sum((1, 2))
+    inv = s.inv.squeeze(2)  # (k, 1)
+
+    def scaled(t, powers):  # t * 2^q * inv^powers * 2^-p, one finite factor at a time (0 stays 0)
+        t = torch.ldexp(t, s.q)
+        for _ in range(powers):
+            t = t * inv
+        return torch.ldexp(t, -s.p)
+
+    # d(-delta^2 inv^2)/da = 2 delta inv^2, .../db = -2 delta inv^2, .../dh = 2 sqrt2 delta^2 inv^3
+    grad_a = (2 * scaled(s_a, 2)).to(a.dtype) if needs[0] else None
+    grad_b = (-2 * scaled(s_b, 2)).to(b.dtype) if needs[1] else None
+    grad_h = (2 * math.sqrt(2.0) * scaled(s_h.unsqueeze(1), 3)).squeeze(1).to(h.dtype) if needs[3] else None
+    grad_y = g_y.to(y.dtype) if needs[2] else None
+    return grad_a, grad_b, grad_y, grad_h
+
+
+# --------------------------------------------------------------------------- differentiable reference
+
+
+def _nw_dense(a, b, y, h, mask):
+    """The Gaussian estimator in plain differentiable operations, (k, n) layout.
+
+    Used where the hand-written backward cannot serve: double backward
+    (``create_graph=True``) and :mod:`torch.func` transforms. Memory O(n·m·k).
+    """
+    inv = (1.0 / (math.sqrt(2.0) * h)).reshape(-1, 1, 1)
+    d = (b.unsqueeze(1) - a.unsqueeze(2)) * inv
+    logw = -d.square()
+    if mask is not None:
+        logw = logw.masked_fill(mask, float("-inf"))
+    w = torch.softmax(logw, dim=-1)
+    return torch.matmul(w, y.unsqueeze(2)).squeeze(2)
+
+
+#: the unchunked path works through the queries in blocks of about this many (query,
+#: reference, unit) entries (2 MiB in float32), so that the passes over one block of weights
+#: run in cache instead of streaming an (n, m, k) tensor through memory several times
+_BLOCK = 1 << 19
+
+
 class _GaussianNW(torch.autograd.Function):
     """Gaussian Nadaraya–Watson with a hand-written backward.
 
-    Inputs are in (k, n) / (k, m) layout. With :math:`d_{ij} = b_j - a_i`,
-    :math:`s = 1/h^2`, weights :math:`w_{ij}` and output :math:`o_i = \\sum_j w_{ij} y_j`,
-    the upstream gradient :math:`g_i` gives :math:`G_{ij} = g_i w_{ij}(y_j - o_i)` and
+    Inputs are in (k, n) / (k, m) layout. With scaled gaps
+    :math:`d_{ij} = (b_j - a_i)/(\\sqrt 2 h)`, weights :math:`w_{ij} \\propto e^{-d_{ij}^2}`,
+    output :math:`o_i = \\sum_j w_{ij} y_j`, upstream gradient :math:`g_i` and
+    :math:`P_{ij} = w_{ij} d_{ij}`:
 
-    * :math:`\\partial/\\partial a_i = s\\sum_j G_{ij} d_{ij}`
-    * :math:`\\partial/\\partial b_j = -s\\sum_i G_{ij} d_{ij}`
-    * :math:`\\partial/\\partial y_j = \\sum_i g_i w_{ij}`
-    * :math:`\\partial/\\partial h = \\sum_{ij} G_{ij} d_{ij}^2 / h^3`
+    * :math:`\\partial/\\partial a_i = \\frac{2}{\\sqrt2 h}\\, g_i \\sum_j P_{ij}(y_j - o_i)`
+      (a row sum: computed in the forward, it does not depend on g),
+    * :math:`\\partial/\\partial b_j = -\\frac{2}{\\sqrt2 h} \\sum_i g_i P_{ij} (y_j - o_i)`
+      (two column sums of P, the only pass the backward makes),
+    * :math:`\\partial/\\partial y_j = \\sum_i g_i w_{ij}`,
+    * :math:`\\partial/\\partial h = \\frac2h \\sum_i g_i \\sum_j w_{ij} d_{ij}^2 (y_j - o_i)`
+      (a row sum as well, from the log-weights :math:`-d_{ij}^2` before the softmax).
 
-    Because :math:`\\sum_j w_{ij}(y_j - o_i) = 0`, each of these expands into
-    matrix-vector products with the weights (four row sums, four column sums): no
-    (n, m, k) temporary and no autograd graph is built. Indices and targets are centred
-    first (the estimator is invariant to a common shift), which keeps the expansion
-    accurate in float32. Without chunking the weights are kept from the forward; with
-    chunking they are recomputed chunk by chunk, so memory stays O(chunk·m·k).
+    P and :math:`w d^2` are formed from the exact gaps, so no large terms cancel, and y is
+    centred. The forward works through the queries in blocks (``_BLOCK`` entries, or
+    ``chunk_size`` queries): each block's gaps, weights, outputs and row sums are computed
+    while the block is in cache. Without chunking the blocks of P (and of w when y needs
+    a gradient) are kept for the backward; with chunking they are recomputed chunk by
+    chunk, so memory stays O(chunk·m·k). No autograd graph is built.
+
+    Inputs outside the range where this is overflow-free (scaled index ranges summing to
+    more than :math:`2^{16}` in float32, huge targets) go through an overflow-safe float64
+    path; with ``create_graph=True`` the backward is :func:`_nw_dense` differentiated by
+    autograd.
     """
 
     @staticmethod
-    def forward(ctx, a, b, y, h, query_ids, ref_ids, chunk_size):
+    def forward(ctx, a, b, y, h, leave_out, chunk_size, need_ab, need_y, same):
         # a (k, n), b (k, m), y (k, m), h (k,)
-        centre = b.mean(1, keepdim=True)
-        a, b = a - centre, b - centre
-        scale = (1.0 / (math.sqrt(2.0) * h)).unsqueeze(1)
-        a_s, b_s = a * scale, b * scale
-        out = a.new_empty(a.shape)
-        keep = None
-        leave_out = _LeaveOut(query_ids, ref_ids)
-        for lo, hi in _chunks(a.shape[1], chunk_size):
-            w = _gaussian_weights(a_s[:, lo:hi], b_s, leave_out.pairs(lo, hi))
-            out[:, lo:hi] = _rowdot(y, w)
-            if chunk_size is None:
-                keep = w
-        ctx.save_for_backward(a, b, y, h, out, query_ids, ref_ids, keep)
-        ctx.chunk_size = chunk_size
-        return out
+        k, n = a.shape
+        m = b.shape[1]
+        inv = (h * math.sqrt(2.0)).reciprocal_()  # 1/(sqrt2 h)
+        ctx.safe = not bool(_tame(a, b, y, h.log(), inv, same, leave_out))
+        ctx.leave_out, ctx.chunk_size, ctx.same, ctx.blocks = leave_out, chunk_size, same, None
+        if ctx.safe:
+            _diagnose(a, b, y, h, leave_out)  # raises on invalid input
+            out = _safe_forward(a, b, y, h, leave_out, chunk_size)
+            ctx.save_for_backward(a, b, y, h, out, None)
+            return out
+        inv = inv.view(-1, 1, 1)
+        keep = chunk_size is None and (need_ab or need_y)
+        step = min(chunk_size or max(1, _BLOCK // (m * k)), n)
+        y_centre = y.mean(1, keepdim=True)  # only differences y_j - o_i enter the gradients
+        yc = y - y_centre
+        yc1 = torch.stack((yc, torch.ones_like(yc)), 1) if need_ab else None  # (k, 2, m)
+        if step >= n:  # one block
+            oc, rows, blocks = _GaussianNW._one_block(a, b, yc, yc1, inv, leave_out, need_ab, need_y)
+            ctx.blocks = blocks if keep else None
+            ctx.inv, ctx.yc = inv, yc
+            ctx.save_for_backward(a, b, y, h, oc, rows)
+            return oc + y_centre
+        oc = a.new_empty((k, n))
+        rows = a.new_empty((2, k, n)) if need_ab else None  # the rows of dh and of da, see _block_rows
+        # Blocks the backward needs are consecutive slices of one buffer (P, and w when y
+        # needs a gradient); the others live in block-sized buffers reused block to block.
+        size = k * step * m
+        kept_p = a.new_empty(k * n * m) if keep and need_ab else None
+        kept_w = a.new_empty(k * n * m) if keep and need_y else None
+        work_d = a.new_empty(size) if kept_p is None and (need_ab or kept_w is None) else None
+        work_l = a.new_empty(size) if need_ab else None
+        work_w = a.new_empty(size) if need_ab and kept_w is None else None
+        blocks = []
+        for lo, hi in _chunks(n, step):
+            span = slice(k * lo * m, k * hi * m)
+            if need_ab:
+                w, d, lw = _gaussian_weights(
+                    a, b, inv, lo, hi, step, leave_out, work_d if kept_p is None else kept_p[span], work_l,
+                    work_w if kept_w is None else kept_w[span], keep_gaps=True, keep_logw=True)
+            else:  # the weights overwrite the gaps
+                w, d, lw = _gaussian_weights(a, b, inv, lo, hi, step, leave_out,
+                                             work_d if kept_w is None else kept_w[span])
+            o = _rowdot(yc, w)
+            oc[:, lo:hi] = o
+            p = None
+            if need_ab:
+                p = d.mul_(w)
+                rows[0, :, lo:hi] = _GaussianNW._block_rows(yc1, o, lw.mul_(w)).neg_()
+                rows[1, :, lo:hi] = _GaussianNW._block_rows(yc1, o, p)
+            if keep:
+                blocks.append((lo, hi, p, w if need_y else None))
+        ctx.blocks = blocks if keep else None
+        ctx.inv, ctx.yc = inv, yc
+        ctx.save_for_backward(a, b, y, h, oc, rows)
+        return oc + y_centre
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def _block_rows(yc1, o, x):
+        """:math:`\\sum_j x_{ij}(y_j - o_i)`, (k, c), for x = P = w d (the rows of da) or
+        x = w * logw = -w d^2 (minus those of dh); they do not depend on the upstream gradient."""
+        r = torch.bmm(yc1, x.transpose(1, 2))  # sum_j x_ij y_j, sum_j x_ij
+        return r[:, 0] - o * r[:, 1]
+
+    @staticmethod
+    def _one_block(a, b, yc, yc1, inv, leave_out, need_ab, need_y):
+        """The forward in one block, with as few operations as possible (small training batches):
+        the gaps and the log-weights share one buffer, so P = w d and w * logw come from one
+        multiplication and their row sums from one matrix product. Returns (oc, rows, blocks)."""
+        k, n = a.shape
+        m = b.shape[1]
+        if not need_ab:
+            w = _gaussian_weights(a, b, inv, 0, n, n, leave_out)[0]
+            return _rowdot(yc, w), None, [(0, n, None, w if need_y else None)]
+        pair = a.new_empty((2, k, n, m))  # two buffers only: the gaps, and the log-weights -> weights
+        d, w = pair[0], pair[1]
+        torch.sub(b.unsqueeze(1), a.unsqueeze(2), out=d)
+        d.mul_(inv)
+        torch.addcmul(leave_out.bias(0, n, d), d, d, value=-1.0, out=w)
+        leave_out.fill_(w, 0, n, n, _excluded(w.dtype), dense_done=True)
+        torch.softmax(w, dim=-1, out=w)
+        oc = _rowdot(yc, w)
+        kept_w = w.clone() if need_y else None
+        w.mul_(d)  # P = w d
+        d.mul_(w)  # w d^2
+        yc1 = yc1.expand(2, k, 2, m).reshape(2 * k, 2, m)
+        r = torch.bmm(yc1, pair.view(2 * k, n, m).transpose(1, 2)).view(2, k, 2, n)
+        rows = r[:, :, 0] - oc * r[:, :, 1]  # (2, k, n): the rows of dh and of da
+        return oc, rows, [(0, n, pair[1], kept_w)]
+
+    @staticmethod
     def backward(ctx, grad_out):
-        a, b, y, h, out, query_ids, ref_ids, keep = ctx.saved_tensors
-        chunk_size = ctx.chunk_size
-        need_a, need_b, need_y, need_h = ctx.needs_input_grad[:4]
-        if keep is None:  # chunked: the weights are recomputed, chunk by chunk
-            scale = (1.0 / (math.sqrt(2.0) * h)).unsqueeze(1)
-            a_s, b_s = a * scale, b * scale
-            leave_out = _LeaveOut(query_ids, ref_ids)
-        s = (1.0 / h**2).unsqueeze(1)  # (k, 1)
-        # centre the targets too: only differences y_j - o_i enter
-        y_centre = y.mean(1, keepdim=True)
-        yc, oc = y - y_centre, out - y_centre
-        yb, b2 = yc * b, b.square()
-        grad_a = torch.empty_like(a) if need_a else None
-        grad_h = torch.zeros_like(h)
-        col = torch.zeros((4,) + b.shape, dtype=b.dtype, device=b.device)
-        for lo, hi in _chunks(a.shape[1], chunk_size):
-            w = keep if keep is not None else _gaussian_weights(a_s[:, lo:hi], b_s, leave_out.pairs(lo, hi))
-            g, o, a_c = grad_out[:, lo:hi], oc[:, lo:hi], a[:, lo:hi]
-            # m1_i = sum_j w_ij (y_j - o_i) b_j = sum_j G_ij d_ij / g_i
-            m1 = _rowdot(yb, w) - o * _rowdot(b, w)
-            if need_a:
-                grad_a[:, lo:hi] = g * s * m1
-            if need_h:
-                m2 = _rowdot(yc * b2, w) - o * _rowdot(b2, w)
-                grad_h += (g * (m2 - 2 * a_c * m1)).sum(1)
-            if need_b or need_y:
-                go = g * o
-                col[0] += _coldot(g, w)
-                if need_b:
-                    col[1] += _coldot(go, w)
-                    col[2] += _coldot(g * a_c, w)
-                    col[3] += _coldot(go * a_c, w)
-        grad_y = col[0] if need_y else None
-        grad_b = -s * (yb * col[0] - b * col[1] - yc * col[2] + col[3]) if need_b else None
-        grad_h = grad_h / h**3 if need_h else None
-        return grad_a, grad_b, grad_y, grad_h, None, None, None
+        a, b, y, h, oc, rows = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return _GaussianNW._differentiable_backward(ctx, a, b, y, h, grad_out) + (None,) * 5
+        if ctx.safe:
+            grads = _safe_backward(a, b, y, h, oc, grad_out, ctx.leave_out, ctx.chunk_size, needs)
+            return grads + (None,) * 5
+        n = a.shape[1]
+        need_ab = rows is not None
+        inv, g = ctx.inv, grad_out
+        grad_y = torch.zeros_like(y) if needs[2] else None
+        cols = None
+        blocks = ctx.blocks
+        if blocks is None:  # chunked: recompute the weights chunk by chunk
+            size = a.shape[0] * min(ctx.chunk_size, n) * b.shape[1]
+            work_d, work_w = a.new_empty(size), (a.new_empty(size) if need_ab else None)
+            blocks = (
+                (lo, hi) + _gaussian_weights(a, b, inv, lo, hi, ctx.chunk_size, ctx.leave_out, work_d, None, work_w,
+                                             keep_gaps=need_ab)[1::-1]
+                for lo, hi in _chunks(n, ctx.chunk_size)
+            )
+            fresh = True
+        else:
+            fresh = False
+        if need_ab and needs[0] | needs[1]:
+            gog = torch.stack((g, g * oc), 1)  # (k, 2, n): g_i and g_i o_i
+        for lo, hi, p, w in blocks:
+            if needs[2]:
+                grad_y += _coldot(g[:, lo:hi], w)
+            if need_ab and needs[0] | needs[1]:
+                if fresh:
+                    p = p.mul_(w)  # the recomputed gaps become P
+                c = torch.bmm(gog[:, :, lo:hi], p)  # (k, 2, m): sum_i g_i P_ij, sum_i g_i o_i P_ij
+                cols = c if cols is None else cols.add_(c)
+        grad_a = grad_b = grad_h = None
+        if need_ab:
+            two_inv = 2 * inv.view(-1, 1)
+            if needs[0]:
+                grad_a = two_inv * g * rows[1]
+            if needs[1]:
+                grad_b = two_inv * (cols[:, 1] - ctx.yc * cols[:, 0])
+            if needs[3]:  # rows[0] = sum_j w d^2 (y_j - o_i)
+                grad_h = torch.linalg.vecdot(g, rows[0]).mul_(2).div_(h)
+        return grad_a, grad_b, grad_y, grad_h, None, None, None, None, None
+
+    @staticmethod
+    def _differentiable_backward(ctx, a, b, y, h, grad_out):
+        """Gradients as a graph of plain operations (so they can be differentiated again)."""
+        if ctx.safe:
+            raise ValueError(
+                "double backward through nadaraya_watson is not supported for these inputs: their scaled "
+                "index range (max - min)/h, or the targets, are too large for the plain formula without "
+                "overflow (first-order gradients are fine)"
+            )
+        roles = [(a, ctx.needs_input_grad[0] or (ctx.same and ctx.needs_input_grad[1])),
+                 (b, ctx.needs_input_grad[1] and not ctx.same), (y, ctx.needs_input_grad[2]),
+                 (h, ctx.needs_input_grad[3])]
+        wanted = [t for t, need in roles if need]
+        with torch.enable_grad():
+            out = _nw_dense(a, a if ctx.same else b, y, h, ctx.leave_out.dense())
+            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        result = tuple(next(grads) if need else None for _, need in roles)
+        if ctx.same:  # a and b are one tensor: its whole gradient is returned once
+            result = (result[0], None) + result[2:]
+        return result
 
 
 # --------------------------------------------------------------------------- compact kernels
@@ -300,14 +648,14 @@ def _compact_kernel(name: str, u: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, k, torch.zeros_like(u))
 
 
-def _compact_nw(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size):
+def _compact_nw(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size, check=True):
     # (n, m, k) layout through plain autograd: compact kernels are the comparison
     # case, not the hot path.
     outs = []
     for lo, hi in _chunks(z.shape[0], chunk_size):
         d = z_ref.unsqueeze(0) - z[lo:hi].unsqueeze(1)  # (c, m, k)
         K = _compact_kernel(kernel, d / h)
-        mask = _loo_mask(query_ids, ref_ids, lo, hi)
+        mask = _loo_mask(query_ids, ref_ids, lo, hi, check)
         if mask is not None:
             K = K.masked_fill(mask.unsqueeze(2), 0.0)
         den = K.sum(1)
@@ -350,8 +698,9 @@ def nadaraya_watson(
     element-wise K-AF). Kernels (normalising constants cancel in the ratio):
 
     * ``"gaussian"``: :math:`K(u) = e^{-u^2/2}`, computed as a softmax over
-      :math:`-u^2/2` (log space), so a query far from every reference point gets the
-      nearest point's target (ties averaged) instead of 0/0.
+      :math:`-u^2/2` (log space) from the exact differences :math:`z^{\mathrm{ref}}_j - z_i`,
+      so a query far from every reference point gets the nearest point's target (ties
+      averaged) instead of 0/0, and indices far from zero keep their float32 accuracy.
     * ``"epanechnikov"`` :math:`\tfrac34(1-u^2)`, ``"triangular"`` :math:`1-|u|`,
       ``"uniform"`` :math:`\tfrac12`, all on :math:`|u| \le 1`. When no reference point
       lies inside the window the answer is defined as the target of the nearest
@@ -359,8 +708,17 @@ def nadaraya_watson(
       carries gradient to ``y_ref`` only.
 
     Leave-one-out is by sample identity: a pair with ``query_ids[i] == ref_ids[j]`` is
-    excluded, so a batch may contain calc points. Without ids nothing is excluded
+    excluded, so a batch may contain calc points, or be its own reference set
+    (``z_ref`` is ``z``, ``ref_ids`` is ``query_ids``). Without ids nothing is excluded
     (inference on unseen data).
+
+    Any finite input gives a finite answer. The Gaussian path checks every value with a
+    single device synchronisation; inputs at which its squares or gradient terms could
+    overflow (scaled index ranges :math:`(\max - \min)/(\sqrt2 h)` summing to more than
+    :math:`2^{16}` over the units in float32, targets beyond :math:`\sim 10^{19}`) are
+    computed by a slower overflow-safe path in float64 (weights from the gaps to the
+    nearest reference point). float16 and
+    bfloat16 inputs are computed in float32.
 
     Args:
         z: query indices, shape :math:`(n, k)`.
@@ -374,7 +732,8 @@ def nadaraya_watson(
         ref_ids: integer ids of the reference points, shape :math:`(m,)`.
         chunk_size: evaluate at most this many queries at a time, bounding memory to
             :math:`O(\text{chunk\_size} \cdot m \cdot k)` (forward and backward). ``None``
-            evaluates all queries at once (fastest).
+            evaluates all queries at once (fastest; keeps two (n, m, k) tensors for the
+            backward when a gradient is needed).
 
     Returns:
         Tensor of shape :math:`(n, k)`, on the device and dtype of ``z``.
@@ -384,9 +743,15 @@ def nadaraya_watson(
             empty reference set, ids of the wrong length, an unknown kernel, or a query
             left with no reference point after exclusion.
 
-    Differentiable with respect to ``z``, ``z_ref``, ``y_ref`` and ``h`` (first order;
-    the Gaussian path uses a hand-written backward that does not support double
-    backward).
+    Differentiable with respect to ``z``, ``z_ref``, ``y_ref`` and ``h``. The Gaussian
+    path has a hand-written first-order backward; with ``create_graph=True`` its
+    backward is built from plain differentiable operations instead, so second
+    derivatives (gradient penalties, ``gradgradcheck``) are exact. Under
+    :mod:`torch.func` transforms (``grad``, ``vmap``, ``jacrev``, ``jacfwd``,
+    ``hessian``) and forward-mode AD the Gaussian estimator runs as plain operations
+    (memory :math:`O(n \cdot m \cdot k)`, ``chunk_size`` ignored); values cannot be
+    checked there (data-dependent checks are impossible under ``vmap``), so bad values
+    give NaN instead of an error.
 
     Examples::
 
@@ -396,9 +761,9 @@ def nadaraya_watson(
         >>> round(out.item(), 3)
         0.5
     """
-    z = _check_tensor("z", z, 2)
-    z_ref = _check_tensor("z_ref", z_ref, 2)
-    y_ref = _check_tensor("y_ref", y_ref, 2)
+    z = _check_tensor("z", z, 2, finite=False)
+    z_ref = _check_tensor("z_ref", z_ref, 2, finite=False)
+    y_ref = _check_tensor("y_ref", y_ref, 2, finite=False)
     n, k = z.shape
     m = z_ref.shape[0]
     if m == 0:
@@ -418,18 +783,40 @@ def nadaraya_watson(
     if (query_ids is None) != (ref_ids is None):
         raise ValueError("query_ids and ref_ids must be given together (leave-one-out needs both), got only one")
     if query_ids is not None:
+        same_ids = query_ids is ref_ids
         query_ids = _check_ids("query_ids", query_ids, n, "n, the number of queries", z.device)
-        ref_ids = _check_ids("ref_ids", ref_ids, m, "m, the number of reference points", z.device)
-    h_t = _as_bandwidth(h, k, z)
-    if n == 0:
-        return z.new_zeros((0, k)) + 0 * h_t.sum()
+        ref_ids = query_ids if same_ids and n == m else _check_ids(
+            "ref_ids", ref_ids, m, "m, the number of reference points", z.device)
+    h_t = _bandwidth_tensor(h, k, z)
+    # torch.func transforms and forward-mode AD get the plain differentiable formula
+    transformed = torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
 
-    if kernel == "gaussian":
-        out = _GaussianNW.apply(
-            z.t().contiguous(), z_ref.t().contiguous(), y_ref.t().contiguous(), h_t, query_ids, ref_ids, chunk_size
-        )
-        return out.t()
-    return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size)
+    if kernel != "gaussian" or n == 0:
+        if not transformed:
+            for name, t in (("z", z), ("z_ref", z_ref), ("y_ref", y_ref)):
+                _check_tensor(name, t, 2)
+            _check_bandwidth(h_t)
+        if n == 0:
+            return z.new_zeros((0, k)) + 0 * h_t.sum()
+        return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size, check=not transformed)
+
+    dtype = z.dtype
+    same = z_ref is z
+    if dtype in (torch.float16, torch.bfloat16):  # computed in float32
+        z, y_ref, h_t = z.float(), y_ref.float(), h_t.float()
+        z_ref = z if same else z_ref.float()
+    a = z.t().contiguous()
+    b = a if same else z_ref.t().contiguous()
+    y = y_ref.t().contiguous()
+    if transformed:
+        mask = None if query_ids is None else query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
+        out = _nw_dense(a, b, y, h_t, mask)
+    else:
+        grad = torch.is_grad_enabled()
+        need_ab = grad and (z.requires_grad or z_ref.requires_grad or h_t.requires_grad)
+        need_y = grad and y_ref.requires_grad
+        out = _GaussianNW.apply(a, b, y, h_t, _LeaveOut(query_ids, ref_ids), chunk_size, need_ab, need_y, same)
+    return out.t().to(dtype)
 
 
 # --------------------------------------------------------------------------- bandwidths

@@ -508,6 +508,7 @@ class KernelActivation(nn.Module):
 
 
 _CALC_BUFFERS = ("calc_x", "calc_y", "calc_ids")
+_REFERENCES = ("calc", "batch")
 
 
 class KernelOutput(nn.Module):
@@ -524,6 +525,26 @@ class KernelOutput(nn.Module):
 
     so gradients reach :math:`\theta` through both the query and the reference
     indices, and the bandwidth is learned with them (:class:`KernelActivation`).
+
+    **A batch as the reference set.** With ``reference="batch"``, in training mode each
+    step's reference set is the batch itself: for a batch :math:`B` with targets
+    :math:`y_j` and indices :math:`z_j = f_\theta(x_j)`,
+
+    .. math::
+
+        \hat y_{ik} = \frac{\sum_{j \in B,\ \mathrm{id}_j \ne \mathrm{id}_i}
+            K\big((z_{jk} - z_{ik})/h\big)\, y_{jk}}
+            {\sum_{j \in B,\ \mathrm{id}_j \ne \mathrm{id}_i} K\big((z_{jk} - z_{ik})/h\big)},
+
+    leave-one-out by ``ids``, so no extra pass of the calc points through the body is
+    needed (the step costs about what a fixed output activation costs). ``forward``
+    then needs ``ids`` and the batch's ``targets``, in the format ``calc_y`` takes
+    (integer class labels or float targets). A batch of one row leaves its only row
+    nothing to regress on and is an error; a class missing from a batch has an all-zero
+    target column there, so that unit's output is exactly 0 on the batch and its
+    gradient vanishes for that step (the class is simply not seen in it). In
+    evaluation mode (``model.eval()``) the calc set is the reference set, as with
+    ``reference="calc"``, so a calc set is still required.
 
     **Leave-one-out convention.** ``ids`` and ``calc_ids`` are row numbers in one
     training set: ``calc_ids[j]`` is the training row of calc point ``j`` (default
@@ -552,10 +573,14 @@ class KernelOutput(nn.Module):
         calc_ids: training-row ids of the calc points, :math:`(m,)` integers, unique
             (default ``arange(m)``).
         n_classes: number of classes for integer ``calc_y``.
+        reference: ``"calc"`` (the thesis's form: the calc set is the reference set) or
+            ``"batch"`` (in training mode the batch is; see above).
 
     Shape:
         - x: :math:`(N, *)`, same trailing shape as ``calc_x``.
         - ids: :math:`(N,)` integers or ``None``.
+        - targets: :math:`(N,)` integer labels, :math:`(N, k)` or :math:`(N,)` floats, or
+          ``None`` (needed only for ``reference="batch"`` in training mode).
         - Output: :math:`(N, k)`.
 
     Examples::
@@ -567,6 +592,10 @@ class KernelOutput(nn.Module):
         >>> model = KernelOutput(body, X[calc], y[calc], calc_ids=calc, n_classes=3)
         >>> model(X, ids=torch.arange(60)).shape   # training: leave calc points out
         torch.Size([60, 3])
+        >>> batch = KernelOutput(body, X[calc], y[calc], calc_ids=calc, n_classes=3, reference="batch")
+        >>> rows = torch.arange(16)
+        >>> batch(X[rows], ids=rows, targets=y[rows]).shape   # training: the batch is the reference set
+        torch.Size([16, 3])
     """
 
     def __init__(
@@ -581,8 +610,12 @@ class KernelOutput(nn.Module):
         learn_bandwidth: bool = True,
         chunk_size: Optional[int] = None,
         n_classes: Optional[int] = None,
+        reference: str = "calc",
     ):
         super().__init__()
+        if reference not in _REFERENCES:
+            raise ValueError(f"reference must be one of {_REFERENCES}, got {reference!r}")
+        self.reference = reference
         if not isinstance(body, nn.Module) and not callable(body):
             raise ValueError(f"body must be an nn.Module (or callable) mapping (N, ...) to (N, k), got {type(body).__name__}")
         weight = next((p for p in body.parameters() if p.is_floating_point()), None) if isinstance(body, nn.Module) else None
@@ -714,7 +747,8 @@ class KernelOutput(nn.Module):
                              f"calc_x, got {_describe(x)}")
         if x.dtype != self.calc_x.dtype:
             raise ValueError(f"x must have the calc set's dtype {self.calc_x.dtype}, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
+        # data-dependent checks cannot run under torch.func transforms (vmap cannot branch on values)
+        if not torch._C._are_functorch_transforms_active() and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains non-finite values (NaN or inf)")
         if ids is not None and (
             not isinstance(ids, Tensor) or ids.dim() != 1 or ids.shape[0] != x.shape[0]
@@ -723,16 +757,53 @@ class KernelOutput(nn.Module):
             raise ValueError(f"ids must be a 1-D integer tensor with one training-row id per row of x "
                              f"({x.shape[0]}), got {_describe(ids)}")
 
-    def forward(self, x: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, ids: Optional[Tensor] = None, targets: Optional[Tensor] = None) -> Tensor:
         self._check_batch(x, ids)
+        if self.reference == "batch" and self.training:
+            if ids is None or targets is None:
+                raise ValueError(
+                    "reference='batch' needs the batch's ids and targets in training mode (leave-one-out by id, "
+                    f"the targets as the reference targets), got ids={_describe(ids)}, targets={_describe(targets)}"
+                )
+            if x.shape[0] < 2:
+                raise ValueError(
+                    "reference='batch' needs batches of at least 2 rows in training mode (leave-one-out leaves a "
+                    f"single row nothing to regress on), got a batch of {x.shape[0]}"
+                )
+            z = self.index(x)
+            y = self._batch_targets(targets, z)
+            return self.activation(z, z, y, query_ids=ids, ref_ids=ids)
         z = self.index(x)
         z_ref = self.index(self.calc_x)
         if ids is None:
             return self.activation(z, z_ref, self.calc_y)
         return self.activation(z, z_ref, self.calc_y, query_ids=ids, ref_ids=self.calc_ids)
 
+    def _batch_targets(self, targets, z: Tensor) -> Tensor:
+        """The batch's targets in calc_y's form: (N, k) floats on z's device and dtype."""
+        n, k = z.shape
+        if not isinstance(targets, Tensor) or targets.dim() not in (1, 2) or targets.shape[0] != n:
+            raise ValueError(f"targets must be a tensor of {n} rows (one per batch row), got {_describe(targets)}")
+        if targets.device != z.device:
+            raise ValueError(f"targets must be on the device of the batch ({z.device}), got {targets.device}")
+        if targets.is_floating_point():
+            y = targets.unsqueeze(1) if targets.dim() == 1 else targets
+            if y.shape[1] != k:
+                raise ValueError(f"targets must have {k} columns like calc_y, got shape {tuple(targets.shape)}")
+            return y.to(z.dtype)
+        if targets.dim() != 1 or targets.dtype == torch.bool or targets.is_complex():
+            raise ValueError(f"targets must be float targets or 1-D integer class labels, got {_describe(targets)}")
+        if not self.n_classes:
+            raise ValueError("targets are class labels but calc_y holds float targets: give float targets "
+                             f"of shape ({n}, {k})")
+        try:
+            return F.one_hot(targets.long(), self.n_classes).to(z.dtype)
+        except RuntimeError:  # a label outside 0..n_classes-1
+            raise ValueError(f"targets class labels must lie in 0..{self.n_classes - 1} (n_classes), got "
+                             f"{targets.min().item()}..{targets.max().item()}") from None
+
     def extra_repr(self) -> str:
-        return f"calc_size={self.calc_size}, n_classes={self.n_classes}"
+        return f"calc_size={self.calc_size}, n_classes={self.n_classes}, reference={self.reference!r}"
 
 
 def _describe(x) -> str:

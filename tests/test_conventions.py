@@ -31,9 +31,6 @@ from kaf.nn import ACTIVATIONS, KernelActivation, KernelOutput, make_activation
 CHANNELS = 3
 # torch.compile / torch.func import parts of torch that still use torch.jit.script internally
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
-PENDING_NW = pytest.mark.xfail(
-    strict=True, reason="nadaraya_watson double backward / torch.func: pending the estimator rewrite"
-)
 
 
 @dataclass
@@ -50,7 +47,6 @@ class Case:
     inputs: Callable[[torch.dtype], Tuple[torch.Tensor, ...]]
     n_diff: int
     vmap_dims: Tuple
-    gaussian_nw: bool = False  # built on the Gaussian estimator (second order / torch.func pending)
 
 
 def _perturbed(module: nn.Module) -> nn.Module:
@@ -94,7 +90,6 @@ def _kernel_activation_case(kernel: str) -> Case:
         inputs=_nw_inputs,
         n_diff=3,
         vmap_dims=(0, None, None),
-        gaussian_nw=kernel == "gaussian",
     )
 
 
@@ -124,7 +119,6 @@ def _kernel_output_case(kernel: str) -> Case:
         inputs=_kernel_output_inputs,
         n_diff=1,
         vmap_dims=(0, 0),
-        gaussian_nw=kernel == "gaussian",
     )
 
 
@@ -135,12 +129,9 @@ CASES = (
 )
 
 
-def _cases(pending=None):
-    """pytest params over CASES; ``pending`` marks the Gaussian-estimator ones."""
-    return [
-        pytest.param(c, id=c.name, marks=[pending] if (pending is not None and c.gaussian_nw) else [])
-        for c in CASES
-    ]
+def _cases():
+    """pytest params over CASES, named by case."""
+    return [pytest.param(c, id=c.name) for c in CASES]
 
 
 def _outputs_and_grads(module: nn.Module, args):
@@ -302,7 +293,7 @@ def test_gradcheck_inputs_and_parameters(case):
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", _cases(pending=PENDING_NW))
+@pytest.mark.parametrize("case", _cases())
 def test_gradgradcheck_inputs_and_parameters(case):
     module = case.build().double()
     f, args = _functional(case, module, case.inputs(torch.float64))
@@ -311,22 +302,8 @@ def test_gradgradcheck_inputs_and_parameters(case):
 
 # --------------------------------------------------------------------------- torch.func
 
-PENDING_NW_FUNC = pytest.mark.xfail(
-    strict=True,
-    reason="nadaraya_watson double backward / torch.func: pending the estimator rewrite "
-    "(its input validation is data-dependent control flow, which vmap cannot trace)",
-)
 
-
-def _pending_for_every_kernel():
-    """vmap of the kernel modules waits for the estimator for every kernel, not only the Gaussian."""
-    return [
-        pytest.param(c, id=c.name, marks=[PENDING_NW_FUNC] if c.name.startswith("Kernel") else [])
-        for c in CASES
-    ]
-
-
-@pytest.mark.parametrize("case", _pending_for_every_kernel())
+@pytest.mark.parametrize("case", _cases())
 def test_vmap_matches_eager(case):
     module = case.build().double()
     args = case.inputs(torch.float64)
@@ -342,7 +319,7 @@ def test_vmap_matches_eager(case):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", _pending_for_every_kernel())
+@pytest.mark.parametrize("case", _cases())
 def test_per_sample_gradients_match_eager(case):
     """vmap(grad): each sample's gradient (first input and parameters) against a loop in eager mode."""
     module = case.build().double()

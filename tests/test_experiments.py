@@ -364,3 +364,83 @@ def test_paired_differences_plot_marks_the_paired_interval():
     assert float(bar.lines[0].get_ydata()[0]) == pytest.approx(mean)
     assert sorted(float(c.get_ydata()[0]) for c in bar.lines[1]) == pytest.approx([mean - half, mean + half])
     assert mean == pytest.approx(0.026666, abs=1e-5) and half > 0
+
+
+# --------------------------------------------------------------------------- a batch as the reference set
+
+
+def test_reference_option_is_validated():
+    assert ExperimentConfig(output="kaf", reference="batch").reference == "batch"
+    with pytest.raises(ValueError, match="reference must be one of"):
+        ExperimentConfig(reference="epoch")
+    with pytest.raises(ValueError, match="needs output='kaf'"):
+        ExperimentConfig(output="sigmoid", reference="batch")
+
+
+def test_a_last_batch_of_one_row_is_merged_for_the_batch_reference():
+    from kaf.experiments.train import _batches
+
+    assert _batches(33, 16, True) == [(0, 16), (16, 33)]
+    assert _batches(33, 16, False) == [(0, 16), (16, 32), (32, 33)]
+    assert _batches(32, 16, True) == [(0, 16), (16, 32)]
+    assert _batches(1, 16, True) == [(0, 1)]
+
+
+def test_batch_reference_run_trains_and_records_the_option():
+    table = run(ExperimentConfig(dataset="iris", output="kaf", reference="batch", epochs=15, seed=1))
+    assert (table.reference == "batch").all()
+    assert not table.diverged.any() and table.test_metric.iloc[-1] > 0.8
+    calc = run(ExperimentConfig(dataset="iris", output="kaf", epochs=1, seed=1))
+    assert (calc.reference == "calc").all()
+
+
+def _reference_table(diffs, dataset="wine", small=None):
+    """A fake batch_reference table: per seed, calc accuracy 0.9 and batch 0.9 + diffs[seed]."""
+    rows = []
+    for seed, diff in enumerate(diffs):
+        common = dict(dataset=dataset, output="kaf", batch_size=16, seed=seed)
+        rows.append(dict(common, test_metric=0.9))
+        rows.append(dict(common, reference="batch", test_metric=0.9 + diff))
+        if small is not None:
+            rows.append(dict(common, calc_size=16, test_metric=0.9 + small))
+    return _fake_table("batch_reference", rows).assign(epoch_time=0.1, n_train=124)
+
+
+@pytest.mark.parametrize(
+    "diffs, expected",
+    [([0.0] * 6, "holds"), ([0.02, 0.0, 0.01, 0.03, 0.0, 0.01], "holds"),
+     ([-0.10, -0.12, -0.09, -0.11, -0.10, -0.13], "fails"), ([0.05, -0.08, 0.04, -0.07, 0.06, -0.09], "inconclusive"),
+     ([-0.005, -0.015, -0.01, -0.012, -0.008, -0.011], "inconclusive")],
+)
+def test_batch_reference_verdict_uses_the_paired_interval_and_the_tie_band(tmp_path, diffs, expected):
+    _reference_table(diffs, small=0.0).to_csv(tmp_path / "batch_reference.csv", index=False)
+    v = verdicts.compute_verdicts(tmp_path).set_index("claim_id")
+    assert v.loc["batch-reference-wine", "verdict"] == expected
+    assert v.loc["batch-reference", "verdict"] == expected  # one data set: the overall verdict is its verdict
+    assert "vs a fixed subset of a batch's size (m=16)" in v.loc["batch-reference-wine", "evidence"]
+    assert "diverged" not in v.loc["batch-reference-wine", "evidence"]
+
+
+def test_batch_reference_overall_verdict_combines_data_sets(tmp_path):
+    table = pd.concat([_reference_table([0.0] * 5, "wine"), _reference_table([-0.2] * 5, "iris")])
+    table.to_csv(tmp_path / "batch_reference.csv", index=False)
+    v = verdicts.compute_verdicts(tmp_path).set_index("claim_id").verdict
+    assert (v["batch-reference-wine"], v["batch-reference-iris"], v["batch-reference"]) == ("holds", "fails", "depends")
+    pairs = verdicts.reference_pairs(table)
+    assert len(pairs) == 10 and pairs.batch.notna().all() and pairs.calc_batch_size.isna().all()
+    # a diverged run is left out of its pair and counted in the evidence
+    table.loc[(table.dataset == "wine") & (table.seed == 0) & (table.reference == "batch"), "diverged"] = True
+    table.to_csv(tmp_path / "batch_reference.csv", index=False)
+    ev = verdicts.compute_verdicts(tmp_path).set_index("claim_id").evidence
+    assert ev["batch-reference-wine"].startswith("4 paired seeds") and "1 runs diverged" in ev["batch-reference-wine"]
+
+
+def test_reference_differences_figure_has_one_panel_per_data_set():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kaf.experiments import plots
+
+    table = pd.concat([_reference_table([0.0, 0.01, -0.01], "wine", small=0.0), _reference_table([0.02] * 3, "iris")])
+    fig = plots.reference_differences(verdicts.reference_pairs(table))
+    assert [ax.get_title() for ax in fig.axes] == ["iris", "wine"]

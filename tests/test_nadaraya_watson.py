@@ -294,3 +294,282 @@ def test_duplicated_reference_ids_leave_out_every_match():
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10)
     with pytest.raises(ValueError, match="no reference point left"):
         nadaraya_watson(z[:1], z_ref[:2], y_ref[:2], 0.9, query_ids=torch.tensor([4]), ref_ids=torch.tensor([4, 4]))
+
+
+# ----------------------------------------------------------------------------- second order, torch.func
+
+import kaf.estimators as est  # noqa: E402
+
+
+def dense_nw(z, z_ref, y_ref, h, query_ids=None, ref_ids=None):
+    """The obvious formula in plain autograd operations (an independent reference)."""
+    h = torch.as_tensor(h, dtype=z.dtype)
+    logw = -((z_ref.unsqueeze(0) - z.unsqueeze(1)) / h).square() / 2  # (n, m, k)
+    if query_ids is not None:
+        logw = logw.masked_fill((query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)).unsqueeze(2), float("-inf"))
+    return (torch.softmax(logw, dim=1) * y_ref.unsqueeze(0)).sum(1)
+
+
+def _case(same, ids, k=2, seed=0, n=5, m=6):
+    z, z_ref, y_ref = data(n=n, m=m, k=k, seed=seed)
+    h = torch.tensor([0.9, 1.4][:k], dtype=torch.float64)
+    if same:
+        z_ref, y_ref = z, y_ref[:n]
+    qid = torch.tensor([0, 1, 7, 3, 9])[:n] if ids else None
+    rid = (qid if same else torch.arange(m)) if ids else None
+    return z, z_ref, y_ref, h, qid, rid
+
+
+@pytest.mark.parametrize(
+    "same, ids, chunk_size",
+    [(False, False, None), (False, True, 2), (True, True, None), (True, True, 2)],
+    ids=["calc-set", "calc-set-leave-one-out-chunked", "batch-is-reference", "batch-is-reference-chunked"],
+)
+def test_gradcheck_and_gradgradcheck(same, ids, chunk_size):
+    # per-unit bandwidths; leave-one-out with some queries among the reference points
+    z, z_ref, y_ref, h, qid, rid = _case(same, ids, n=4, m=5)
+    y_ref = y_ref.clone().requires_grad_(True)
+    h.requires_grad_(True)
+    z.requires_grad_(True)
+    if same:
+        f = lambda a, c, d: nadaraya_watson(a, a, c, d, query_ids=qid, ref_ids=rid, chunk_size=chunk_size)
+        args = (z, y_ref, h)
+    else:
+        z_ref.requires_grad_(True)
+        f = lambda a, b, c, d: nadaraya_watson(a, b, c, d, query_ids=qid, ref_ids=rid, chunk_size=chunk_size)
+        args = (z, z_ref, y_ref, h)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_gradient_penalty_matches_plain_autograd():
+    # d/d(theta) of ||dL/dz||^2, the second-order term a gradient penalty needs
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    grads = []
+    for fn in (nadaraya_watson, dense_nw):
+        zz, zr, hh = (t.clone().requires_grad_(True) for t in (z, z_ref, h))
+        out = fn(zz, zr, y_ref, hh, query_ids=qid, ref_ids=rid)
+        (gz,) = torch.autograd.grad((out * torch.linspace(-1, 2, 2, dtype=out.dtype)).sum(), zz, create_graph=True)
+        grads.append(torch.autograd.grad(gz.square().sum(), (zr, hh)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_torch_func_transforms_match_eager():
+    from torch.func import grad, hessian, jacfwd, jacrev, vmap
+
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    f = lambda zz: nadaraya_watson(zz, z_ref, y_ref, h, query_ids=qid, ref_ids=rid)
+    zz = z.clone().requires_grad_(True)
+    f(zz).sum().backward()
+    torch.testing.assert_close(grad(lambda t: f(t).sum())(z), zz.grad)
+    jac = torch.autograd.functional.jacobian(f, z)
+    torch.testing.assert_close(jacrev(f)(z), jac)
+    torch.testing.assert_close(jacfwd(f)(z), jac)
+    # per-row evaluation under vmap equals the batched call (no ids: rows are independent)
+    rows = vmap(lambda t: nadaraya_watson(t.unsqueeze(0), z_ref, y_ref, h))(z).squeeze(1)
+    torch.testing.assert_close(rows, nadaraya_watson(z, z_ref, y_ref, h))
+    hess = hessian(lambda hh: nadaraya_watson(z, z_ref, y_ref, hh, query_ids=qid, ref_ids=rid).sum())(h)
+    ref = torch.autograd.functional.hessian(lambda hh: dense_nw(z, z_ref, y_ref, hh, qid, rid).sum(), h)
+    torch.testing.assert_close(hess, ref)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_vmap_over_queries_with_their_ids_matches_the_batched_call(kernel):
+    from torch.func import vmap
+
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    h = 2.5 if kernel != "gaussian" else h
+    rows = vmap(lambda t, i: nadaraya_watson(t.unsqueeze(0), z_ref, y_ref, h, kernel=kernel,
+                                             query_ids=i.unsqueeze(0), ref_ids=rid))(z, qid).squeeze(1)
+    torch.testing.assert_close(rows, nadaraya_watson(z, z_ref, y_ref, h, kernel=kernel, query_ids=qid, ref_ids=rid))
+
+
+def test_forward_mode_ad_matches_jacobian():
+    import torch.autograd.forward_ad as fwAD
+
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    tangent = torch.randn_like(z)
+    with fwAD.dual_level():
+        out = nadaraya_watson(fwAD.make_dual(z, tangent), z_ref, y_ref, h, query_ids=qid, ref_ids=rid)
+        jvp = fwAD.unpack_dual(out).tangent
+    jac = torch.autograd.functional.jacobian(lambda t: dense_nw(t, z_ref, y_ref, h, qid, rid), z)
+    torch.testing.assert_close(jvp, torch.einsum("nkij,ij->nk", jac, tangent))
+
+
+def test_backward_twice_with_retain_graph():
+    z, z_ref, y_ref, h, qid, rid = _case(False, True)
+    zz, hh = z.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    out = nadaraya_watson(zz, z_ref, y_ref, hh, query_ids=qid, ref_ids=rid).sum()
+    first = torch.autograd.grad(out, (zz, hh), retain_graph=True)
+    second = torch.autograd.grad(out, (zz, hh))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- paths that must agree
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_blocks_and_sorted_leave_out_agree_with_dense(monkeypatch, same):
+    # small blocks and the binary-search leave-one-out against one block and the dense mask
+    g = torch.Generator().manual_seed(2)
+    n, m, k = 40, 40 if same else 55, 3
+    z = torch.randn(n, k, generator=g, dtype=torch.float64)
+    z_ref = z if same else torch.randn(m, k, generator=g, dtype=torch.float64)
+    y_ref = torch.rand(m, k, generator=g, dtype=torch.float64)
+    qid = torch.randperm(60, generator=g)[:n]
+    rid = qid if same else torch.randperm(70, generator=g)[:m]
+    h = torch.tensor([0.4, 0.9, 2.0], dtype=torch.float64)
+    results = []
+    for block, dense in ((1 << 30, 1 << 30), (7 * m * k, 0), (5 * m * k, 1 << 30)):
+        monkeypatch.setattr(est, "_BLOCK", block)
+        monkeypatch.setattr(est, "_DENSE_MASK_MAX", dense)
+        zz = z.clone().requires_grad_(True)
+        zr = zz if same else z_ref.clone().requires_grad_(True)
+        yr, hh = y_ref.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        out = nadaraya_watson(zz, zr, yr, hh, query_ids=qid, ref_ids=rid)
+        (out * torch.linspace(-1, 1, k, dtype=out.dtype)).sum().backward()
+        results.append([out.detach(), zz.grad, yr.grad, hh.grad] + ([] if same else [zr.grad]))
+    ref = dense_nw(z, z_ref, y_ref, h, qid, rid)
+    torch.testing.assert_close(results[0][0], ref, rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_as_its_own_reference_equals_a_copy():
+    z, _, y_ref, h, _, _ = _case(False, False)
+    y = y_ref[:5]
+    ids = torch.arange(5)
+    grads = []
+    for same in (True, False):
+        zz = z.clone().requires_grad_(True)
+        out = nadaraya_watson(zz, zz if same else zz * 1.0, y, h, query_ids=ids, ref_ids=ids)
+        out.square().sum().backward()
+        grads.append((out.detach(), zz.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    z, z_ref, y_ref = data(n=6, m=8, k=2, dtype=torch.float32, seed=3)
+    low = [t.to(dtype) for t in (z, z_ref, y_ref)]
+    out = nadaraya_watson(*low, 0.7)
+    assert out.dtype == dtype
+    ref = nadaraya_watson(*(t.float() for t in low), 0.7)
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- accuracy and overflow
+
+
+def _value_and_grads(fn, z, z_ref, y_ref, h, qid=None, rid=None, weights=None):
+    zz, zr, yr, hh = (t.clone().requires_grad_(True) for t in (z, z_ref, y_ref, h))
+    out = fn(zz, zr, yr, hh, query_ids=qid, ref_ids=rid)
+    w = torch.linspace(-1, 1, out.shape[1], dtype=out.dtype) if weights is None else weights
+    (out * w).sum().backward()
+    return [out.detach(), zz.grad, zr.grad, yr.grad, hh.grad]
+
+
+def _close_to_float64(z, z_ref, y_ref, h, qid=None, rid=None, rtol=1e-5):
+    """float32 result and gradients against the float64 dense reference of the same numbers."""
+    got = _value_and_grads(nadaraya_watson, z, z_ref, y_ref, h, qid, rid)
+    ref = _value_and_grads(dense_nw, *(t.double() for t in (z, z_ref, y_ref, h)), qid, rid)
+    for name, a, b in zip(("out", "z", "z_ref", "y_ref", "h"), got, ref):
+        assert torch.isfinite(a).all(), name
+        scale = b.abs().max().clamp_min(1e-30)
+        assert float((a.double() - b).abs().max() / scale) <= rtol, name
+
+
+def test_indices_far_from_zero_keep_float32_accuracy():
+    # every index near 1e4 with O(h) gaps: exact differences, no cancellation in the gradients
+    g = torch.Generator().manual_seed(5)
+    z_ref = 1e4 + torch.randn(30, 2, generator=g)
+    z = 1e4 + torch.randn(12, 2, generator=g)
+    _close_to_float64(z, z_ref, torch.rand(30, 2, generator=g), torch.tensor([0.5, 1.0]))
+
+
+def test_clusters_far_apart_keep_float32_accuracy():
+    # reference points in two clusters 600 bandwidths apart, queries inside them
+    g = torch.Generator().manual_seed(6)
+    z_ref = torch.cat([torch.randn(10, 1, generator=g) - 300, torch.randn(10, 1, generator=g) + 300])
+    z = torch.cat([torch.randn(4, 1, generator=g) - 300, torch.randn(4, 1, generator=g) + 300])
+    _close_to_float64(z, z_ref, torch.rand(20, 1, generator=g), torch.tensor([1.0]),
+                      torch.arange(8), torch.arange(20))
+
+
+def test_queries_far_from_every_reference_point():
+    # Queries hundreds of bandwidths from every reference point. In float32 the log-weight
+    # -d^2 of such a query carries a rounding error of about eps * d^2 (relative), which
+    # decides between two nearly equidistant far points: outputs are compared in float32,
+    # gradients in float64.
+    g = torch.Generator().manual_seed(6)
+    z_ref = torch.cat([torch.randn(10, 1, generator=g) - 300, torch.randn(10, 1, generator=g) + 300])
+    y_ref = torch.rand(20, 1, generator=g)
+    z = torch.tensor([[-1000.0], [0.0], [1000.0], [-299.5], [301.0]])
+    h = torch.tensor([1.0])
+    out = nadaraya_watson(z, z_ref, y_ref, h)
+    torch.testing.assert_close(out.double(), dense_nw(z.double(), z_ref.double(), y_ref.double(), h.double()),
+                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out[[0, 2], 0], y_ref[[z_ref.argmin(), z_ref.argmax()], 0])
+    got = _value_and_grads(nadaraya_watson, *(t.double() for t in (z, z_ref, y_ref, h)))
+    ref = _value_and_grads(dense_nw, *(t.double() for t in (z, z_ref, y_ref, h)))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale, h", [(1e20, 1.0), (1.0, 1e-30), (1.0, 1e30), (1e30, 1e-8), (1e-30, 1e-30),
+                                      (1e-30, 1e-40)])
+def test_extreme_magnitudes_float32_match_float64(scale, h):
+    # squares of scaled gaps overflow float32 (or h is tiny/huge): the overflow-safe path
+    g = torch.Generator().manual_seed(7)
+    z_ref = scale * torch.randn(9, 2, generator=g)
+    z = torch.cat([z_ref[:3] * 1.001, scale * torch.randn(4, 2, generator=g)])
+    ids = torch.arange(7)
+    _close_to_float64(z, z_ref, torch.rand(9, 2, generator=g), torch.tensor(h), ids, torch.arange(9))
+
+
+def test_huge_targets_float32_match_float64():
+    z, z_ref, _ = data(n=6, m=8, k=2, dtype=torch.float32, seed=8)
+    y_ref = 1e30 * torch.rand(8, 2, generator=torch.Generator().manual_seed(8))
+    _close_to_float64(z, z_ref, y_ref, torch.tensor(0.8))
+
+
+def test_float64_extremes_are_finite_and_nearest_neighbour():
+    z_ref = torch.tensor([[-1e200], [0.0], [3e200]], dtype=torch.float64)
+    y_ref = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    z = torch.tensor([[-2e200], [1e199], [2e200]], dtype=torch.float64, requires_grad=True)
+    h = torch.tensor(1e-200, dtype=torch.float64, requires_grad=True)
+    out = nadaraya_watson(z, z_ref, y_ref, h)
+    torch.testing.assert_close(out.detach()[:, 0], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all() and torch.isfinite(h.grad).all()
+
+
+finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    zq=arrays(np.float32, (3, 1), elements=finite32),
+    zr=arrays(np.float32, (4, 1), elements=finite32),
+    yr=arrays(np.float32, (4, 1), elements=finite32),
+    log_h=st.floats(-44, 38),
+)
+def test_finite_input_never_gives_nan(zq, zr, yr, log_h):
+    z, z_ref = torch.tensor(zq, requires_grad=True), torch.tensor(zr, requires_grad=True)
+    y_ref = torch.tensor(yr, requires_grad=True)
+    h = torch.tensor(10.0**log_h, dtype=torch.float32)
+    if not (torch.isfinite(h) and h > 0):
+        return
+    h.requires_grad_(True)
+    out = nadaraya_watson(z, z_ref, y_ref, h, query_ids=torch.tensor([0, 1, 9]), ref_ids=torch.arange(4))
+    assert not torch.isnan(out).any()
+    lo, hi = float(y_ref.detach().min()), float(y_ref.detach().max())
+    tol = 1e-5 * max(abs(lo), abs(hi))  # a weighted mean of the targets, up to float32 rounding
+    assert (out >= lo - tol).all() and (out <= hi + tol).all()
+    out.sum().backward()
+    for t in (z, z_ref, y_ref, h):
+        assert not torch.isnan(t.grad).any()

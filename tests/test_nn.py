@@ -290,6 +290,125 @@ def test_constructor_errors():
         KernelOutput(nn.Linear(4, 3), torch.randn(6, 4), torch.randn(6, 3), calc_ids=torch.arange(5))
 
 
+# --------------------------------------------------------------------------- KernelOutput, reference="batch"
+
+
+class _CountingBody(nn.Module):
+    """A body that counts the rows it is given (to see that the calc set is not pushed through it)."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, k, bias=False))
+        self.rows = 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.net(x)
+
+
+def _batch_model(seed=0, m=12, k=3):
+    torch.manual_seed(seed)
+    calc_x, calc_y = torch.randn(m, 4), torch.arange(m) % k
+    return KernelOutput(_CountingBody(k), calc_x, calc_y, n_classes=k, bandwidth=0.8, reference="batch")
+
+
+def _loo_by_hand(z, y, h, ids):
+    """Leave-one-out Gaussian NW of the batch on itself, as a plain double loop."""
+    n, k = z.shape
+    out = torch.zeros(n, k, dtype=torch.float64)
+    for i in range(n):
+        for c in range(k):
+            num = den = 0.0
+            for j in range(n):
+                if ids[j] == ids[i]:
+                    continue
+                w = math.exp(-0.5 * ((float(z[j, c]) - float(z[i, c])) / h) ** 2)
+                num, den = num + w * float(y[j, c]), den + w
+            out[i, c] = num / den
+    return out
+
+
+def test_batch_reference_regresses_the_batch_on_itself():
+    model = _batch_model().double()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    ids = torch.tensor([40, 3, 17, 8, 21, 5, 30])
+    model.body.rows = 0
+    out = model(x, ids=ids, targets=labels)
+    assert model.body.rows == 7  # the calc points did not go through the body
+    with torch.no_grad():
+        expected = _loo_by_hand(model.index(x), F.one_hot(labels, 3), float(model.activation.bandwidth), ids)
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-10, atol=1e-12)
+    # float targets in calc_y's form give the same answer; the calc set plays no part
+    same = model(x, ids=ids, targets=F.one_hot(labels, 3).double())
+    model.set_calc(torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1]))
+    torch.testing.assert_close(model(x, ids=ids, targets=labels), same)
+    assert "reference='batch'" in repr(model)
+
+
+def test_batch_reference_evaluates_with_the_calc_set():
+    model = _batch_model(seed=1)
+    calc = KernelOutput(model.body, model.calc_x, model.calc_y, calc_ids=model.calc_ids, bandwidth=0.8)
+    x = torch.randn(6, 4)
+    model.eval()
+    torch.testing.assert_close(model(x), calc(x))
+    torch.testing.assert_close(model(x, ids=torch.arange(6), targets=torch.zeros(6, dtype=torch.long)),
+                               calc(x, ids=torch.arange(6)))
+    model.train()
+    assert not torch.allclose(model(x, ids=torch.arange(6), targets=torch.arange(6) % 3), calc(x, ids=torch.arange(6)))
+
+
+def test_batch_of_two_rows_each_predicts_the_other():
+    model = _batch_model(seed=2)
+    out = model(torch.randn(2, 4), ids=torch.tensor([5, 9]), targets=torch.tensor([0, 2]))
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+
+
+def test_batch_missing_a_class_gives_a_zero_column_and_finite_gradients():
+    model = _batch_model(seed=3)
+    labels = torch.tensor([0, 1, 1, 0, 0, 1])  # class 2 absent
+    out = model(torch.randn(6, 4), ids=torch.arange(6), targets=labels)
+    assert torch.equal(out[:, 2], torch.zeros(6))
+    F.mse_loss(out, F.one_hot(labels, 3).float()).backward()
+    for p in model.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    # the missing class's unit gets no gradient from this batch: its output is flat
+    assert torch.equal(model.body.net[2].weight.grad[2], torch.zeros(6))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ids=None), "needs the batch's ids and targets"),
+        (dict(targets=None), "needs the batch's ids and targets"),
+        (dict(x=torch.randn(1, 4), ids=torch.tensor([0]), targets=torch.tensor([1])), "at least 2 rows"),
+        (dict(targets=torch.tensor([0, 1, 2])), "targets must be a tensor of 4 rows"),
+        (dict(targets=torch.tensor([0, 1, 3, 1])), "class labels must lie in 0..2"),
+        (dict(targets=torch.tensor([0, -1, 2, 1])), "class labels must lie in 0..2"),
+        (dict(targets=torch.zeros(4, 2)), "targets must have 3 columns"),
+        (dict(targets=torch.zeros(4, 3, dtype=torch.long)), "float targets or 1-D integer class labels"),
+        (dict(ids=torch.arange(3)), r"ids must be a 1-D (integer )?tensor"),
+        (dict(ids=torch.zeros(4, dtype=torch.long)), "no reference point left"),
+    ],
+)
+def test_batch_reference_bad_input(kwargs, match):
+    model = _batch_model(seed=4)
+    args = dict(x=torch.randn(4, 4), ids=torch.arange(4), targets=torch.tensor([0, 1, 2, 1]))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        model(args["x"], ids=args["ids"], targets=args["targets"])
+
+
+def test_batch_reference_needs_labels_model_for_labels_and_a_known_reference():
+    reg = KernelOutput(nn.Linear(4, 1), torch.randn(5, 4), torch.randn(5), reference="batch")
+    with pytest.raises(ValueError, match="calc_y holds float targets"):
+        reg(torch.randn(3, 4), ids=torch.arange(3), targets=torch.tensor([0, 1, 0]))
+    out = reg(torch.randn(3, 4), ids=torch.arange(3), targets=torch.randn(3))  # (N,) floats: one unit
+    assert out.shape == (3, 1)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        KernelOutput(nn.Linear(4, 1), torch.randn(5, 4), torch.randn(5), reference="epoch")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny problem: one intra-op thread is faster and immune to other processes' load."""
@@ -322,6 +441,30 @@ def test_iris_training_reaches_high_accuracy(one_thread):
         acc = (model(X, ids=ids).argmax(1) == y).float().mean().item()
     assert acc > 0.9
     assert model.activation.bandwidth.item() != pytest.approx(1.5)  # the bandwidth was learned
+
+
+def test_iris_training_with_batch_reference_reaches_high_accuracy(one_thread):
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    X = torch.tensor(data.data, dtype=torch.float32)
+    X = (X - X.mean(0)) / X.std(0)
+    y = torch.tensor(data.target)
+    torch.manual_seed(0)
+    calc = select_calc(y, 30, policy="stratified", seed=0)
+    body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3, bias=False))
+    model = KernelOutput(body, X[calc], y[calc], calc_ids=calc, reference="batch")
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        for rows in torch.randperm(150, generator=gen).split(25):
+            opt.zero_grad()
+            F.mse_loss(model(X[rows], ids=rows, targets=y[rows]), F.one_hot(y[rows], 3).float()).backward()
+            opt.step()
+    model.eval()  # evaluation: the calc set is the reference set
+    with torch.no_grad():
+        acc = (model(X).argmax(1) == y).float().mean().item()
+    assert acc > 0.9
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -24,6 +24,7 @@ __all__ = [
     "OPTIMIZERS",
     "INITS",
     "CALC_POLICIES",
+    "REFERENCES",
     "TARGET_TRANSFORMS",
     "LOSSES",
 ]
@@ -34,6 +35,8 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 #: ``default`` keeps PyTorch's own initialisation; the others are scaled by ``init_scale``.
 INITS = ("default", "normal", "uniform", "xavier", "kaiming", "orthogonal")
 CALC_POLICIES = ("stratified", "random")
+#: the K-AF output's reference set in training: the fixed calc set, or each batch itself
+REFERENCES = ("calc", "batch")
 #: how a regression target is presented to the network (RMSE is always reported in raw units):
 #: ``standard`` (z-score), ``minmax`` (to [0, 1]), ``raw`` (untouched), ``learnable``
 #: (raw targets, the network output passes through a learnable affine map a*out + b, a=1, b=0).
@@ -80,6 +83,9 @@ class ExperimentConfig:
             whole training set.
         calc_policy: ``"stratified"`` (class proportions kept; quantile strata for a
             regression target) or ``"random"`` (see :func:`kaf.nn.select_calc`).
+        reference: the K-AF output's reference set while training: ``"calc"`` (the calc
+            set, the thesis) or ``"batch"`` (each mini-batch, leave-one-out; the calc set
+            is then used only for evaluation). See :class:`kaf.nn.KernelOutput`.
         bandwidth: initial K-AF bandwidth :math:`h` (the thesis: 1.5).
         learn_bandwidth: learn :math:`h` (otherwise it stays fixed).
         kernel: K-AF kernel name (:data:`kaf.estimators.KERNELS`).
@@ -115,6 +121,7 @@ class ExperimentConfig:
     batch_size: int = 32
     calc_size: int = 0
     calc_policy: str = "stratified"
+    reference: str = "calc"
     bandwidth: float = 1.5
     learn_bandwidth: bool = True
     kernel: str = "gaussian"
@@ -141,6 +148,9 @@ class ExperimentConfig:
         one_of("optimizer", OPTIMIZERS)
         one_of("init", INITS)
         one_of("calc_policy", CALC_POLICIES)
+        one_of("reference", REFERENCES)
+        if self.reference == "batch" and self.output != "kaf":
+            raise ValueError(f"reference='batch' is a K-AF option, so it needs output='kaf', got output={self.output!r}")
         one_of("target_transform", TARGET_TRANSFORMS)
         one_of("loss", LOSSES)
         one_of("fluid_variant", ("exp", "sigmoid"))

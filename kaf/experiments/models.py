@@ -116,7 +116,7 @@ class LearnableAffine(nn.Module):
 
 
 class Network(nn.Module):
-    """One calling convention for every model: ``net(x, ids=None)``.
+    """One calling convention for every model: ``net(x, ids=None, targets=None)``.
 
     ``ids`` are the training-row ids of the batch; the K-AF output uses them for
     leave-one-out, the others ignore them. :meth:`index` returns the pre-activation
@@ -157,9 +157,12 @@ class Network(nn.Module):
             return ko.activation(z, z_ref, ko.calc_y, ids, ko.calc_ids)
         return self.activation(z)
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``targets``: the batch's targets as the network regresses them (used only by a K-AF
+        output with ``reference="batch"`` in training mode)."""
         if self.is_kaf:
-            out = self.kernel_output(x, ids)
+            out = self.kernel_output(x, ids, targets)
         else:
             out = self.activation(self.body(x))
         return self.affine(out) if self.affine is not None else out
@@ -228,6 +231,7 @@ def build_network(config, *, n_features: int, n_outputs: int, calc_x=None, calc_
         if calc_x is None or calc_y is None:
             raise ValueError("output='kaf' needs calc_x and calc_y")
         ko = knn.KernelOutput(body, calc_x, calc_y, bandwidth=config.bandwidth, kernel=config.kernel,
-                              calc_ids=calc_ids, learn_bandwidth=config.learn_bandwidth)
+                              calc_ids=calc_ids, learn_bandwidth=config.learn_bandwidth,
+                              reference=getattr(config, "reference", "calc"))
         return Network(body, "kaf", kernel_output=ko, affine=affine)
     return Network(body, config.output, activation=knn.make_activation(config.output), affine=affine)

@@ -13,7 +13,7 @@ import pandas as pd
 from kaf.experiments.analysis import final_rows, summarize
 
 __all__ = ["curves", "summary_bars", "lr_sweep", "calc_size", "link_shape", "singular", "vanishing",
-           "house_scale", "fluid_a", "paired_differences"]
+           "house_scale", "fluid_a", "paired_differences", "reference_differences"]
 
 OUTPUT_COLORS = {"kaf": "C3", "sigmoid": "C0", "tanh": "C1", "relu": "C2", "swish": "C4", "mish": "C5",
                  "leaky_relu": "C6", "elu": "C7", "selu": "C8", "identity": "C9"}
@@ -251,5 +251,36 @@ def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test
     ax.set_ylabel(ylabel or f"{value}: {a} − {b} (same seed)")
     if tol is not None:
         ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def reference_differences(pairs: pd.DataFrame, acc_tol: float = 0.01, rmse_tol: float = 0.05):
+    """Per data set, the paired (same seed) difference between each batch-as-reference run and
+    the fixed-calc-set run (accuracy: batch − calc; RMSE: batch/calc − 1, so below 0 is better),
+    one dot per seed, with the mean and the tie band; ``pairs`` from
+    :func:`kaf.experiments.verdicts.reference_pairs`."""
+    order = ("iris", "wine", "mnist", "house")
+    datasets = sorted(dict.fromkeys(pairs.dataset), key=lambda d: (order.index(d) if d in order else len(order), d))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(2.4 * len(datasets), 3.0), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        d = pairs[pairs.dataset == ds]
+        acc = d.metric.iloc[0] == "accuracy"
+        tol = acc_tol if acc else rmse_tol
+        for x, col, color in ((0, "calc", "C3"), (1, "calc_batch_size", "C7")):
+            if d[col].notna().sum() == 0:
+                continue
+            diff = (d.batch - d[col]) if acc else (d.batch / d[col] - 1)
+            jitter = np.linspace(-0.12, 0.12, len(diff))
+            ax.plot(x + jitter, diff, "o", ms=3, color=color, alpha=0.7)
+            ax.plot([x - 0.25, x + 0.25], [diff.mean()] * 2, color=color, lw=2)
+        ax.axhspan(-tol, tol, color="0.85", zorder=0)
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_xticks([0, 1], [f"m={int(d.m.iloc[0])}", f"m={int(d.batch_size.iloc[0])}"], fontsize=8)
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_xlabel("against the fixed calc set", fontsize=8)
+        ax.set_title(ds, fontsize=9)
+        ax.set_ylabel("batch − fixed calc set" if acc else "RMSE batch / fixed − 1", fontsize=8)
+    fig.suptitle("the batch as reference set against fixed calc sets (grey: tie band)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -155,6 +155,29 @@ def _calc_size(scale):
     return out
 
 
+#: paired seeds of the batch_reference experiment at full scale: (batch and fixed calc set,
+#: the batch-size subset); more where the verdict sits near the edge of the tie band
+BATCH_REFERENCE_SEEDS = {"iris": (20, 10), "wine": (20, 10), "house": (10, 10), "mnist": (8, 5)}
+
+
+def _batch_reference(scale):
+    """Each data set's K-AF network with three reference sets, paired by seed: the fixed
+    calc set of the other experiments (MNIST: m = 500; the others: every training row),
+    a fixed calc subset of one batch's size, and each batch itself (``reference="batch"``;
+    evaluation then uses the fixed calc set). A seed's runs are adjacent, so their epoch
+    times are measured under the same conditions. Quick scale: two seeds, no batch-size subset."""
+    out = []
+    for d in ("iris", "wine", "house", "mnist"):
+        base = dataset_defaults(d, scale)
+        if d == "mnist":
+            base = dict(base, epochs=pick(1, 10, scale))
+        paired, small = pick((2, 0), BATCH_REFERENCE_SEEDS[d], scale)
+        for s in range(paired):
+            arms = [dict(), dict(reference="batch")] + ([dict(calc_size=base["batch_size"])] if s < small else [])
+            out += [ExperimentConfig(name="batch_reference", output="kaf", seed=s, **{**base, **arm}) for arm in arms]
+    return out
+
+
 def _link_shape(scale):
     return [ExperimentConfig(name="link_shape", output="kaf", seed=s, **dataset_defaults(d, scale))
             for d in ("iris", "wine", "mnist") for s in _seeds(scale, 1, 3)]
@@ -373,6 +396,8 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment("optimizer", "Optimiser: SGD, momentum, Adam, RMSprop", "book/experiments/axes", configs=_optimizer),
     Experiment("calc_size", "Accuracy and time against the calc-subset size m", "book/experiments/calc_size",
                configs=_calc_size),
+    Experiment("batch_reference", "Each batch as the K-AF reference set vs fixed calc sets, paired by seed",
+               "book/experiments/calc_size", configs=_batch_reference),
     Experiment("link_shape", "Shape of the learned K-AF link against a fitted sigmoid", "book/experiments/link_shape",
                configs=_link_shape, post=_link_shape_post),
     Experiment("singular", "Plateaus and saturation: sigmoid vs K-AF from large initial weights",

@@ -192,6 +192,15 @@ def _evaluate(config, net: Network, prep: Prepared, X, T, ids):
         return loss, metric, float(z.std(0, unbiased=False).mean()), saturated
 
 
+def _batches(n: int, size: int, no_single: bool):
+    """(lo, hi) of the mini-batches of an epoch; with ``no_single`` a last batch of one row is
+    merged into the one before (a batch that is its own reference set needs two rows)."""
+    bounds = list(range(0, n, size)) + [n]
+    if no_single and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _finite(net: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in net.parameters())
 
@@ -258,9 +267,9 @@ def _run(config, device, progress, return_model, prepared):
         t0 = time.perf_counter()
         perm = torch.randperm(prep.n_train, generator=gen).to(device)
         batch_losses, grad_norms = [], []
-        for lo in range(0, prep.n_train, config.batch_size):
-            ids = perm[lo:lo + config.batch_size]
-            out = net(prep.X_train[ids], train_ids[ids])
+        for lo, hi in _batches(prep.n_train, config.batch_size, config.reference == "batch"):
+            ids = perm[lo:hi]
+            out = net(prep.X_train[ids], train_ids[ids], prep.T_train[ids])
             loss = _loss(config, out, prep.T_train[ids])
             total = loss
             if config.l1 > 0:

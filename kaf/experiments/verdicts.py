@@ -69,6 +69,10 @@ the intervals it rests on. The thresholds are module constants, quoted in the ch
   Overall: ``holds`` if better on every data set, ``fails`` if better on none with every
   data set resolved, ``depends`` if better on some and tied or worse on others,
   ``inconclusive`` otherwise.
+* A batch as the reference set: per data set the paired 95 % t-interval of (batch − fixed
+  calc set) accuracy, or of the RMSE ratio − 1; *as good* when the interval lies above
+  −``ACC_TOL`` (below +``RMSE_TOL``), *worse* when it lies entirely beyond, ``inconclusive``
+  when it straddles that edge.
 
 Run ``python -m kaf.experiments verdicts`` to rewrite ``results/verdicts.csv``.
 """
@@ -576,6 +580,103 @@ def calc_verdict(folder) -> list:
                  ev, "book/experiments/calc_size")]
 
 
+# ------------------------------------------------------------------ a batch as the reference set
+
+#: the reference sets of the ``batch_reference`` experiment (columns of :func:`reference_pairs`)
+REFERENCE_ARMS = ("calc", "calc_batch_size", "batch")
+
+
+def reference_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``batch_reference`` table as one row per (dataset, seed): the final test metric with
+    each reference set -- ``calc`` (the fixed calc set of the other experiments),
+    ``calc_batch_size`` (a fixed calc subset of one batch's size, where it ran) and ``batch``
+    (each batch) -- and the columns ``metric``, ``m`` (the fixed calc set's size) and
+    ``batch_size``. A diverged run's value is NaN."""
+    fin = final_rows(table)
+    reference = fin["reference"] if "reference" in fin.columns else pd.Series("calc", index=fin.index)
+    arm = np.where(reference == "batch", "batch", np.where(fin.calc_size == fin.batch_size, "calc_batch_size", "calc"))
+    fin = fin.assign(arm=arm, value=fin.test_metric.where(~fin.diverged.astype(bool)))
+    wide = fin.pivot(index=["dataset", "seed"], columns="arm", values="value")
+    info = fin[fin.arm == "calc"].groupby("dataset").agg(metric=("metric", "first"), calc_size=("calc_size", "first"),
+                                                        n_train=("n_train", "first"), batch_size=("batch_size", "first"))
+    info["m"] = info.calc_size.where(info.calc_size > 0, info.n_train)
+    out = wide.reset_index().merge(info[["metric", "m", "batch_size"]], left_on="dataset", right_index=True)
+    for col in REFERENCE_ARMS:
+        if col not in out.columns:
+            out[col] = np.nan
+    return out
+
+
+def _no_worse(batch, calc, metric) -> tuple:
+    """Paired comparison of batch against calc (same seeds, both finished): (verdict, difference,
+    half-width, number of pairs). Accuracy: batch − calc, as good when the 95 % interval's lower
+    end is ≥ −ACC_TOL; RMSE: batch/calc − 1, as good when its upper end is ≤ RMSE_TOL; worse when
+    the whole interval lies beyond the tie band; inconclusive when the interval straddles its edge."""
+    ok = ~(np.isnan(batch) | np.isnan(calc))
+    b, c = np.asarray(batch)[ok], np.asarray(calc)[ok]
+    if len(b) < 2:
+        return "inconclusive", float(np.mean(b - c)) if len(b) else math.nan, math.inf, len(b)
+    if metric == "accuracy":
+        diff, half = paired_ci(b, c)
+        verdict = "holds" if diff - half >= -ACC_TOL else ("fails" if diff + half < -ACC_TOL else "inconclusive")
+    else:
+        diff, half = paired_ci(b / c, np.ones_like(c))
+        verdict = "holds" if diff + half <= RMSE_TOL else ("fails" if diff - half > RMSE_TOL else "inconclusive")
+    return verdict, diff, half, len(b)
+
+
+def batch_reference_verdicts(folder) -> list:
+    """Is each batch as good a reference set as a fixed calc subset? Per data set from paired
+    seeds (:func:`_no_worse` against the fixed calc set of the other experiments); overall
+    ``holds`` if it holds on every data set, ``fails`` if it fails on every one, ``depends``
+    if it holds on some and fails on others, otherwise ``inconclusive``."""
+    table = load("batch_reference", folder)
+    pairs = reference_pairs(table)
+    fin = final_rows(table)
+    times = table.assign(arm=np.where(table.get("reference", "calc") == "batch", "batch", "calc"),
+                         small=table.calc_size == table.batch_size)
+    times = times[~times.small].groupby(["dataset", "arm"]).epoch_time.median()
+    rows, per = [], []
+    for ds in ("iris", "wine", "mnist", "house"):
+        d = pairs[pairs.dataset == ds]
+        if d.empty:
+            continue
+        metric, m, batch_size = d.metric.iloc[0], int(d.m.iloc[0]), int(d.batch_size.iloc[0])
+        verdict, diff, half, n = _no_worse(d.batch.values, d.calc.values, metric)
+        per.append(verdict)
+        unit = "" if metric == "accuracy" else " (relative)"
+        ev = (f"{n} paired seeds: {metric} batch {np.nanmean(d.batch):.3f} vs fixed calc set (m={m}) "
+              f"{np.nanmean(d.calc):.3f}, difference{unit} {diff:+.3f} ± {half:.3f} (95% t-interval; tie band "
+              f"{ACC_TOL if metric == 'accuracy' else RMSE_TOL})")
+        small = d.calc_batch_size.values
+        if np.isfinite(small).sum() >= 2:
+            _, sd, sh, _ = _no_worse(d.batch.values, small, metric)
+            ev += f"; vs a fixed subset of a batch's size (m={batch_size}): {np.nanmean(small):.3f}, {sd:+.3f} ± {sh:.3f}"
+        diverged = int(fin.loc[fin.dataset == ds, "diverged"].astype(bool).sum())
+        if diverged:
+            ev += f"; {diverged} runs diverged (left out)"
+        if (ds, "batch") in times.index and (ds, "calc") in times.index:
+            ev += f"; epoch time batch/calc {times[(ds, 'batch')] / times[(ds, 'calc')]:.2f}"
+        ev += f"; data: {table.loc[table.dataset == ds, 'data'].iloc[0]}"
+        rows.append(_row(f"batch-reference-{ds}", "this book",
+                         f"On {ds}, each batch is as good a reference set as a fixed calc subset", verdict, ev,
+                         "book/experiments/calc_size"))
+    if not per:
+        return []
+    if all(v == "holds" for v in per):
+        overall = "holds"
+    elif all(v == "fails" for v in per):
+        overall = "fails"
+    elif "holds" in per and "fails" in per:
+        overall = "depends"
+    else:
+        overall = "inconclusive"
+    summary = ", ".join(f"{r['claim_id'].rsplit('-', 1)[1]}: {r['verdict']}" for r in rows)
+    rows.insert(0, _row("batch-reference", "this book", "A batch is as good a reference set as a fixed calc subset",
+                        overall, summary, "book/experiments/calc_size"))
+    return rows
+
+
 # ------------------------------------------------------------------ FluidReLU
 
 
@@ -710,7 +811,8 @@ def likelihood_verdict(folder) -> list:
 
 
 CLAIMS = (baselines_verdicts, lr_verdict, link_verdict, singular_verdict, vanishing_verdict, house_verdicts,
-          calc_verdict, fluid_verdicts, fluid_analytic_verdicts, likelihood_verdict)
+          calc_verdict, fluid_verdicts, fluid_analytic_verdicts, likelihood_verdict,
+          batch_reference_verdicts)
 
 
 def compute_verdicts(folder: str | Path | None = None) -> pd.DataFrame:
