@@ -185,13 +185,14 @@ class SweepResult:
     computed: int = 0
     reused: int = 0
     run_seconds: dict = field(default_factory=dict)  # experiment -> seconds of its runs (where they ran)
+    run_cpu_seconds: float = 0.0  # CPU time of all runs (unlike their wall time, not inflated by a busy machine)
     workers: int = 0  # distinct processes that computed runs
     wall: float = 0.0
 
     def provenance(self) -> dict:
         return dict(backend=self.backend, jobs=self.jobs,
                     runs=dict(total=self.computed + self.reused, computed=self.computed, reused=self.reused),
-                    worker_processes=self.workers)
+                    worker_processes=self.workers, run_cpu_time_s=round(self.run_cpu_seconds, 1))
 
 
 # ----------------------------------------------------------------------------- executing one task
@@ -223,8 +224,9 @@ def _prepared(config: ExperimentConfig, cache):
 
 
 def execute(task: Task, data_cache: dict | None = None) -> dict:
-    """Run one task here; ``{"tables", "seconds", "worker", "code"}``. ``data_cache`` holds the
-    loaded data between calls (default: this process's own cache)."""
+    """Run one task here; ``{"tables", "seconds", "cpu_seconds", "worker", "code"}`` (wall and CPU
+    time of the task, ``host:pid`` of the process, :data:`CODE_DIGEST`). ``data_cache`` holds
+    the loaded data between calls (default: this process's own cache)."""
     cache = _PREPARED if data_cache is None else data_cache
     # the whole task (data, training, post) on the config's threads: a reduction split over
     # another number of threads rounds differently, and the tables must not depend on the process
@@ -234,7 +236,7 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
         if threads:
             torch.set_num_threads(threads)
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if task.config is None:
                 tables = {f"{task.experiment}_{k}": df for k, df in task.compute(task.scale).items()}
             else:
@@ -244,10 +246,11 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
                 if task.post is not None:
                     for extra, df in task.post(config, table, net, prep).items():
                         tables[f"{task.experiment}_{extra}"] = df
-            seconds = time.perf_counter() - t0
+            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         finally:
             torch.set_num_threads(old_threads)
-    return dict(tables=tables, seconds=seconds, worker=f"{socket.gethostname()}:{os.getpid()}", code=CODE_DIGEST)
+    return dict(tables=tables, seconds=seconds, cpu_seconds=cpu_seconds, worker=f"{socket.gethostname()}:{os.getpid()}",
+                code=CODE_DIGEST)
 
 
 # ----------------------------------------------------------------------------- files
@@ -728,6 +731,7 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
     result.wall = time.perf_counter() - start
     for name, tasks in experiments.items():
         result.run_seconds[name] = sum(outcomes[t.digest]["seconds"] for t in tasks if t.digest in outcomes)
+    result.run_cpu_seconds = sum(o.get("cpu_seconds", math.nan) for o in outcomes.values())
     if failures:
         lines = [f"  {task.label()}\n    {type(err).__name__}: {err}" for task, err in failures]
         kept = f"; the {len(outcomes)} finished runs are kept in {cache.folder}" if cache is not None else ""
