@@ -6,8 +6,9 @@ or one ``compute`` step of an experiment; either way it is a pure function of wh
 holds, so it may run anywhere and in any order. :func:`run_sweep` executes the tasks
 
 * one after another in this process (``jobs=1``, the default),
-* on ``jobs`` local worker processes (:class:`concurrent.futures.ProcessPoolExecutor`,
-  started with ``spawn``), or
+* on ``jobs`` local worker processes (:class:`concurrent.futures.ProcessPoolExecutor`;
+  the workers are forks of a fork server that has imported torch and kaf, or spawned
+  where there is no fork server), or
 * on an existing Dask distributed cluster (``dask="tcp://host:8786"``: the scheduler
   decides which worker runs what; this module only submits and collects),
 
@@ -94,9 +95,15 @@ def code_digest() -> str:
     sweep machinery, plots, verdicts, table reading, interactive views); a new module
     counts by default.
     """
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
-    import scipy
-    import sklearn
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     package = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
@@ -106,8 +113,8 @@ def code_digest() -> str:
             continue
         h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     versions = dict(python=f"{sys.version_info.major}.{sys.version_info.minor}", torch=torch.__version__,
-                    numpy=numpy.__version__, pandas=pd.__version__, scipy=scipy.__version__,
-                    sklearn=sklearn.__version__)
+                    numpy=numpy.__version__, pandas=pd.__version__, scipy=installed("scipy"),
+                    sklearn=installed("scikit-learn"))
     h.update(json.dumps(versions, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -680,7 +687,11 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
         result.tables[name] = tables
         if out is not None:
             for table_name, df in tables.items():
-                write_table(df, out / f"{table_name}.csv.gz")
+                try:
+                    write_table(df, out / f"{table_name}.csv.gz")
+                except OSError as err:  # a full disk, a folder removed under the sweep
+                    raise SweepError(f"cannot write the table {table_name!r} into {str(out)!r} "
+                                     f"({type(err).__name__}: {err})") from err
         if on_experiment is not None:
             on_experiment(name, tables)
 
@@ -690,7 +701,11 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
                              f"here {CODE_DIGEST}): install the same kaf and library versions on every worker")
         outcome = dict(outcome)
         if cache is not None:
-            cache.write(task, outcome)
+            try:
+                cache.write(task, outcome)
+            except OSError as err:
+                raise SweepError(f"cannot record a finished run in {str(cache.folder)!r} ({type(err).__name__}: "
+                                 f"{err}); the runs recorded before it are kept") from err
         outcomes[task.digest] = outcome
         workers.add(outcome["worker"])
         result.computed += 1
