@@ -46,19 +46,25 @@ def tiny(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dask_address():
+    import multiprocessing.forkserver
+
+    import dask
     from distributed import LocalCluster
 
-    # workers are separate processes that import sweep_tiny: this folder is on their sys.path
-    # (inherited from pytest); one death allowed, so a run that always kills its worker is reported fast
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # Test speed only: the workers are forks of the fork server that local sweeps use, started
+    # here with torch and kaf imported, instead of fresh processes that import them each
+    # (seconds per worker). Workers import sweep_tiny: this folder is on their sys.path, as
+    # on pytest's. One death allowed, so a run that always kills its worker is reported fast.
+    sweep._mp_context()
+    multiprocessing.forkserver.ensure_running()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.worker.multiprocessing-method": "forkserver"}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None)
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+        try:
+            yield cluster.scheduler_address
+        finally:
+            cluster.close()
 
 
 def test_serial_local_processes_and_dask_give_the_same_tables(tiny, tmp_path, dask_address):
