@@ -13,7 +13,7 @@ Prints, per round and command:
   down (memory bandwidth, caches),
 
 then the speed-up (serial wall / parallel wall, median over rounds) and whether the two
-commands wrote the same tables, timing columns aside.
+commands wrote the same tables (timing columns aside) and the same verdicts.
 
 Target: ``reproduce --scale full --jobs 2`` at least 1.7 x faster than serial on 2 cores.
 The script prints PASS or MISS and exits 0 either way (it is a measurement, not a test).
@@ -74,7 +74,9 @@ def same_tables(a: Path, b: Path) -> bool:
                                           y.drop(columns=[c for c in TIMING_COLUMNS if c in y]), check_exact=True)
         except AssertionError:
             return False
-    return (a / "verdicts.csv").read_text() == (b / "verdicts.csv").read_text()
+    # the verdicts themselves; their evidence may quote timings (calc_size: seconds per epoch)
+    va, vb = (pd.read_csv(folder / "verdicts.csv") for folder in (a, b))
+    return va[["claim_id", "verdict"]].equals(vb[["claim_id", "verdict"]])
 
 
 def main() -> None:
