@@ -118,12 +118,16 @@ def test_records_are_reused_only_when_intact_and_for_the_same_code(tiny, tmp_pat
     # a damaged record is recomputed, a leftover temporary file is removed, never trusted
     damaged = sorted(folder.glob("*.pkl.gz"))[3]
     damaged.write_bytes(damaged.read_bytes()[:100])
-    leftover = folder / f".{damaged.name}.x1y2.tmp"
+    leftover = folder / f".{damaged.name}.4242.0badf00d.tmp"  # as atomic_write names them
     leftover.write_bytes(b"half a record")
+    half_table = tmp_path / ".tiny.csv.gz.4242.0badf00d.tmp"
+    half_table.write_bytes(b"half a table")
+    foreign = tmp_path / ".notes.tmp"  # not ours: left alone
+    foreign.write_text("keep")
     with pytest.warns(RuntimeWarning, match="unreadable run record"):
         repaired = registry.run_experiments(["tiny"], "quick", out=tmp_path, progress=False)
     assert (repaired.computed, repaired.reused) == (1, 7)
-    assert not leftover.exists()
+    assert not leftover.exists() and not half_table.exists() and foreign.read_text() == "keep"
     assert_same_tables(first.tables["tiny"], repaired.tables["tiny"])
 
     # other code, or --fresh: everything again

@@ -48,6 +48,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import socket
 import sys
 import tempfile
@@ -80,6 +81,7 @@ CRASH_LIMIT = 2
 DASK_CONNECT_TIMEOUT = 5.0
 _RECORD_FORMAT = 1
 _SUFFIX = ".pkl.gz"
+_TMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 #: sources of kaf that cannot change a result (reading, plotting, judging, running tables)
 _RESULT_NEUTRAL = frozenset({
@@ -266,9 +268,10 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename ``tmp`` over ``path``: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
+    # a new name in the same folder (the rename stays on one file system), created with the
+    # permissions any file gets here (tempfile.mkstemp would make it private to this user)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # matches _TMP_NAME
+    tmp.open("xb").close()
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -359,9 +362,11 @@ class RunCache:
             raise SweepError(f"another sweep is writing into {str(self.folder.parent)!r}; wait for it to end "
                              f"or choose another --out") from err
         self._lock_file = fh
-        # nobody else writes here now: any temporary file is a leftover of a killed sweep
-        for tmp in self.folder.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        # nobody else writes here now: a temporary file of atomic_write is a leftover of a killed sweep
+        leftovers = list(self.folder.rglob(".*.tmp")) + list(self.folder.parent.glob(".*.tmp"))
+        for tmp in leftovers:
+            if _TMP_NAME.fullmatch(tmp.name):
+                tmp.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_file is not None:
