@@ -39,7 +39,8 @@ def results_digest(root: Path) -> str:
     if not folder.is_dir():
         return "none"
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    # runs/ folders hold the local run records of resumable sweeps (git-ignored, not read by the book)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "runs" not in p.relative_to(folder).parts[:-1]):
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

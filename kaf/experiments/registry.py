@@ -29,8 +29,8 @@ from kaf.experiments.config import ExperimentConfig
 from kaf.experiments.train import prepare, run
 from kaf.scale import get_scale, pick
 
-__all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "run_experiment", "OUTPUTS", "BASELINES",
-           "dataset_defaults", "fit_logistic"]
+__all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "run_experiment", "run_experiments", "experiment_tasks",
+           "OUTPUTS", "BASELINES", "dataset_defaults", "fit_logistic"]
 
 #: fixed output activations the K-AF output is compared with (the thesis's list)
 BASELINES = ("sigmoid", "tanh", "relu", "swish", "mish", "leaky_relu", "elu", "selu")
@@ -439,35 +439,46 @@ def experiment_configs(name: str, scale: str | None = None, *, seeds: int | None
     return configs
 
 
+def experiment_tasks(name: str, scale: str | None = None, *, seeds: int | None = None,
+                     device: str | None = None) -> list:
+    """The tasks (:class:`~kaf.experiments.sweep.Task`) of experiment ``name``: its ``compute`` step
+    (if any), then one training run per config, in the order of :func:`experiment_configs`."""
+    from kaf.experiments.sweep import Task
+
+    exp = get_experiment(name)
+    scale = get_scale(scale)
+    tasks = [Task(name, compute=exp.compute, scale=scale)] if exp.compute is not None else []
+    tasks += [Task(name, config=c, post=exp.post) for c in experiment_configs(name, scale, seeds=seeds, device=device)]
+    return tasks
+
+
+def run_experiments(names, scale: str | None = None, *, seeds: int | None = None, device: str | None = None,
+                    out: str | Path | None = None, progress: bool = True, jobs: int = 1, dask: str | None = None,
+                    fresh: bool = False, on_experiment=None):
+    """Run the experiments ``names`` as one sweep; return a :class:`~kaf.experiments.sweep.SweepResult`.
+
+    All their runs share one pool of workers (``jobs`` local processes, or the Dask
+    scheduler at ``dask``), longest first; each experiment's tables are written to
+    ``out`` as soon as its last run ends, and every finished run is recorded in
+    ``out/runs/`` so that a killed sweep resumes where it stopped (``fresh=True``
+    recomputes). See :func:`kaf.experiments.sweep.run_sweep`.
+    """
+    from kaf.experiments.sweep import run_sweep
+
+    scale = get_scale(scale)
+    experiments = {name: experiment_tasks(name, scale, seeds=seeds, device=device) for name in names}
+    return run_sweep(experiments, out=out, jobs=jobs, dask=dask, fresh=fresh, progress=progress,
+                     on_experiment=on_experiment)
+
+
 def run_experiment(name: str, scale: str | None = None, *, seeds: int | None = None, device: str | None = None,
-                   out: str | Path | None = None, progress: bool = True) -> dict:
+                   out: str | Path | None = None, progress: bool = True, jobs: int = 1, dask: str | None = None,
+                   fresh: bool = False) -> dict:
     """Run experiment ``name``; return ``{table_name: DataFrame}`` and write each as ``<out>/<table_name>.csv.gz``.
 
     The main table is called ``name``; extras are ``name_<extra>``. ``out=None`` writes nothing.
+    ``jobs``, ``dask`` and ``fresh`` as in :func:`run_experiments`; the tables do not
+    depend on them (rows in config order; only the timing columns differ between executions).
     """
-    exp = get_experiment(name)
-    scale = get_scale(scale)
-    tables: dict[str, list] = {}
-    if exp.compute is not None:
-        for key, df in exp.compute(scale).items():
-            tables.setdefault(f"{name}_{key}", []).append(df)
-    configs = experiment_configs(name, scale, seeds=seeds, device=device)
-    cache: dict = {}
-    for config in tqdm(configs, desc=name, disable=not progress):
-        key = (config.dataset, config.data_seed, config.model, config.device, config.y_multiplier,
-               config.target_transform, config.loss)
-        if key not in cache:
-            cache[key] = prepare(config)
-        table, net, prep = run(config, prepared=cache[key], return_model=True)
-        tables.setdefault(name, []).append(table)
-        if exp.post is not None:
-            for extra, df in exp.post(config, table, net, prep).items():
-                tables.setdefault(f"{name}_{extra}", []).append(df)
-    result = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for k, df in result.items():
-            # mtime 0: the same table gives the same bytes
-            df.to_csv(out / f"{k}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
-    return result
+    return run_experiments([name], scale, seeds=seeds, device=device, out=out, progress=progress, jobs=jobs,
+                           dask=dask, fresh=fresh).tables[name]

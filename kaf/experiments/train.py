@@ -319,18 +319,18 @@ def _run(config, device, progress, return_model, prepared):
     return table
 
 
-def run_many(configs, *, progress: bool = True, desc: str = "runs") -> pd.DataFrame:
-    """Run a list of configs (a sweep) and concatenate their tables; one tqdm bar over runs.
+def run_many(configs, *, progress: bool = True, desc: str = "runs", jobs: int = 1, dask: str | None = None) -> pd.DataFrame:
+    """Run a list of configs (a sweep) and concatenate their tables in list order; one tqdm bar over runs.
 
-    Data are loaded once per distinct (dataset, data_seed, model, device, y_multiplier).
+    ``jobs`` > 1 fans the runs out over that many local processes, ``dask`` submits them to
+    the Dask scheduler at that address (see :mod:`kaf.experiments.sweep`); the table is the
+    same either way (only the timing columns differ between executions). Data are loaded
+    once per distinct (dataset, data_seed, model, device, y_multiplier, target_transform,
+    loss) in each process.
     """
-    configs = list(configs)
-    cache: dict = {}
-    tables = []
-    for config in tqdm(configs, desc=desc, disable=not progress):
-        key = (config.dataset, config.data_seed, config.model, config.device, config.y_multiplier,
-               config.target_transform, config.loss)
-        if key not in cache:
-            cache[key] = prepare(config)
-        tables.append(run(config, prepared=cache[key]))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    from kaf.experiments.sweep import Task, run_sweep
+
+    # one table name for every run, whatever their config names: the rows stay in list order
+    tasks = [Task("runs", config=c) for c in configs]
+    result = run_sweep({"runs": tasks}, jobs=jobs, dask=dask, progress=progress, desc=desc)
+    return result.tables["runs"].get("runs", pd.DataFrame())
