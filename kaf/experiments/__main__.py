@@ -62,7 +62,7 @@ def _data_provenance() -> list:
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in ("iris", "wine", "mnist", "house"):
+        for name in ("iris", "wine", "breast_cancer", "mnist", "house"):
             info = load_dataset(name).info
             rows.append(dict(requested=name, name=info.name, label=info.label(), is_full=info.is_full,
                              fallback=info.fallback, checksum=info.checksum, source=info.source, note=info.note))
