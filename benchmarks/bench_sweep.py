@@ -21,7 +21,13 @@ The script prints PASS or MISS and exits 0 either way (it is a measurement, not 
 
 Usage::
 
-    python benchmarks/bench_sweep.py [--scale quick|full] [--jobs 2] [--rounds 1] [--only NAME ...]
+    python benchmarks/bench_sweep.py [--scale quick|full] [--jobs 2] [--rounds 1] [--only NAME ...] [--keep DIR]
+
+``--keep DIR`` writes the parallel command's output (tables, ``provenance.json``,
+``verdicts.csv``, run records) into ``DIR`` instead of a temporary folder, so one
+measurement also re-makes a results folder: ``--scale full --jobs 2 --keep results``
+re-makes the committed results and shows, in the same run, that a serial run gives the
+same tables.
 
 The wall times mean something only on a quiet machine: Linux shares the CPU between
 sessions (autogroups), so while other sessions keep the cores busy a second worker
@@ -87,6 +93,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=None, help="experiments (default: all)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write the parallel command's output here instead of a temporary folder")
     args = parser.parse_args()
     if args.jobs < 2 or args.rounds < 1:
         parser.error("--jobs must be >= 2 and --rounds >= 1")
@@ -102,11 +110,12 @@ def main() -> None:
         for r in range(args.rounds):
             order = (1, args.jobs) if r % 2 == 0 else (args.jobs, 1)
             for jobs in order:
-                m = reproduce(args, jobs, tmp / f"jobs{jobs}")
+                out = args.keep if (jobs > 1 and args.keep is not None) else tmp / f"jobs{jobs}"
+                m = reproduce(args, jobs, out)
                 walls[jobs].append(m["wall"])
                 print(f"round {r + 1}, jobs={jobs}: {m['runs']} runs, wall {m['wall']:.1f} s, "
                       f"CPU time of the runs {m['runs_cpu']:.1f} s", flush=True)
-            same, verdicts = compare(tmp / "jobs1", tmp / f"jobs{args.jobs}")
+            same, verdicts = compare(tmp / "jobs1", args.keep if args.keep is not None else tmp / f"jobs{args.jobs}")
             equal &= same
             if verdicts:
                 print(f"  verdicts that differ: {verdicts} (a verdict on measured time, like calc_size's, can "
