@@ -1215,8 +1215,13 @@ def _fit_single_index(X, y, pointwise, starts, h_init, *, steps, learn_bandwidth
             opt.zero_grad()
             loss, _ = objective(v, u)
             if not torch.isfinite(loss):
-                raise ValueError("the leave-one-out objective is undefined: no point has a neighbour within the "
-                                 "bandwidth (compact kernel); use a larger bandwidth or the gaussian kernel")
+                h_now = float(bandwidth_of(u.detach()))
+                if kernel != "gaussian":
+                    raise ValueError(f"the leave-one-out objective is undefined at bandwidth {h_now:.3g}: no point has "
+                                     f"a neighbour within it ({kernel} kernel); use a larger bandwidth or the "
+                                     "gaussian kernel")
+                raise ValueError(f"the leave-one-out objective is not finite ({float(loss.detach())}) at bandwidth "
+                                 f"{h_now:.3g}; check X and y for extreme values (standardise X)")
             loss.backward()
             history.append(float(loss.detach()))
             return loss

@@ -46,7 +46,7 @@ def test_ichimura_fixed_bandwidth_and_compact_kernel_trim():
     assert float(fit.w @ W_TRUE) > 0.98
     assert fit.trimmed >= 0
     # a bandwidth so small that no point has a neighbour: invalid, not a division by zero
-    with pytest.raises(ValueError, match="neighbour within the bandwidth"):
+    with pytest.raises(ValueError, match="no point has a neighbour within it"):
         ichimura(X, y, n_starts=1, steps=5, bandwidth=1e-9, learn_bandwidth=False, kernel="uniform")
 
 
