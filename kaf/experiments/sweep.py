@@ -486,6 +486,18 @@ def _run_local(todo, jobs, handle, fail):
             inflight[pool.submit(task)] = task
             return True
 
+    def collect(fut, lost) -> None:
+        """Take the outcome of a finished future: handled, failed, or (its pool broke) lost."""
+        task = inflight.pop(fut)
+        try:
+            outcome = fut.result()
+        except BrokenProcessPool:
+            lost.append(task)
+        except Exception as err:
+            fail(task, err)
+        else:
+            handle(task, outcome)
+
     try:
         while pending or suspects or inflight:
             if suspects:
@@ -498,28 +510,12 @@ def _run_local(todo, jobs, handle, fail):
             done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
             lost = []
             for fut in done:
-                task = inflight.pop(fut)
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    lost.append(task)
-                except Exception as err:
-                    fail(task, err)
-                else:
-                    handle(task, outcome)
+                collect(fut, lost)
             if not lost:
                 continue
             # the pool is broken: every other task in flight is lost too (collect the ones that made it)
             for fut in list(inflight):
-                task = inflight.pop(fut)
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    lost.append(task)
-                except Exception as err:
-                    fail(task, err)
-                else:
-                    handle(task, outcome)
+                collect(fut, lost)
             pool.close(broken=True)
             for task in lost:
                 if alone:
