@@ -86,15 +86,17 @@ _TMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 #: sources of kaf that cannot change a result (reading, plotting, judging, running tables)
 _RESULT_NEUTRAL = frozenset({
     "experiments/__main__.py", "experiments/sweep.py", "experiments/plots.py", "experiments/verdicts.py",
-    "experiments/analysis.py", "viz.py",
+    "experiments/analysis.py",
 })
+#: folders of the package whose files never change a result (the book's views)
+_RESULT_NEUTRAL_DIRS = ("viz/",)
 
 
 def code_digest() -> str:
     """Hash of the ``kaf`` sources that can change a result and of the numerical libraries' versions.
 
     Every ``*.py`` file of the package counts except those in ``_RESULT_NEUTRAL`` (CLI,
-    sweep machinery, plots, verdicts, table reading, interactive views); a new module
+    sweep machinery, plots, verdicts, table reading, the interactive views in ``kaf/viz/``); a new module
     counts by default.
     """
     from importlib.metadata import PackageNotFoundError, version
@@ -111,7 +113,7 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
-        if rel in _RESULT_NEUTRAL:
+        if rel in _RESULT_NEUTRAL or rel.startswith(_RESULT_NEUTRAL_DIRS):
             continue
         h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     versions = dict(python=f"{sys.version_info.major}.{sys.version_info.minor}", torch=torch.__version__,
