@@ -27,6 +27,8 @@ from typing import Callable, Optional
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
+from kaf import _fused
+
 __all__ = [
     "KERNELS",
     "nadaraya_watson",
@@ -474,8 +476,15 @@ class _GaussianNW(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, y, h, leave_out, chunk_size, need_ab, need_y, same):
+    def forward(ctx, a, b, y, h, query_ids, ref_ids, chunk_size, need_ab, need_y, same):
         # a (k, n), b (k, m), y (k, m), h (k,)
+        ctx.ids, ctx.fused, ctx.leave_out = (query_ids, ref_ids), False, None
+        if _fused.applies(a):
+            if _GaussianNW._fused_forward(ctx, a, b, y, h, need_ab, same):
+                return ctx.out
+            # else: outside the fused kernel's range (non-finite values, h <= 0, overflow risk);
+            # the eager path below explains the error or takes its overflow-safe path
+        leave_out = _LeaveOut(query_ids, ref_ids)
         k, n = a.shape
         m = b.shape[1]
         inv = (h * math.sqrt(2.0)).reciprocal_()  # 1/(sqrt2 h)
@@ -533,6 +542,25 @@ class _GaussianNW(torch.autograd.Function):
         return oc + y_centre
 
     @staticmethod
+    def _fused_forward(ctx, a, b, y, h, need_ab, same) -> bool:
+        """The forward in the fused CPU kernel (:mod:`kaf._fused`); False if the input is outside
+        its range (then nothing is computed)."""
+        query_ids, ref_ids = ctx.ids
+        if query_ids is not None:
+            same_ids = ref_ids is query_ids
+            query_ids = query_ids.to(torch.int64).contiguous()
+            ref_ids = query_ids if same_ids else ref_ids.to(torch.int64).contiguous()
+        leave_out = _fused.excluded(query_ids, ref_ids)
+        status, bad, out, oc, lnorm, dmean, ycen = _fused.forward(a, b, y, h.contiguous(), leave_out, same, need_ab)
+        if status == 2:
+            raise _no_reference_left(bad)
+        if status != 0:
+            return False
+        ctx.fused, ctx.safe, ctx.same, ctx.fused_leave_out, ctx.out = True, False, same, leave_out, out
+        ctx.save_for_backward(a, b, y, h, oc, None, lnorm, dmean, ycen)
+        return True
+
+    @staticmethod
     def _block_rows(yc1, o, x):
         """:math:`\\sum_j x_{ij}(y_j - o_i)`, (k, c), for x = P = w d (the rows of da) or
         x = w * logw = -w d^2 (minus those of dh); they do not depend on the upstream gradient."""
@@ -567,13 +595,18 @@ class _GaussianNW(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, b, y, h, oc, rows = ctx.saved_tensors
+        a, b, y, h, oc, rows = ctx.saved_tensors[:6]
         needs = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return _GaussianNW._differentiable_backward(ctx, a, b, y, h, grad_out) + (None,) * 5
+            return _GaussianNW._differentiable_backward(ctx, a, b, y, h, grad_out) + (None,) * 6
+        if ctx.fused:
+            lnorm, dmean, ycen = ctx.saved_tensors[6:]
+            grads = _fused.backward(a, b, ycen, h.contiguous(), ctx.fused_leave_out, oc, lnorm, dmean,
+                                    grad_out.contiguous(), needs)
+            return grads + (None,) * 6
         if ctx.safe:
             grads = _safe_backward(a, b, y, h, oc, grad_out, ctx.leave_out, ctx.chunk_size, needs)
-            return grads + (None,) * 5
+            return grads + (None,) * 6
         n = a.shape[1]
         need_ab = rows is not None
         inv, g = ctx.inv, grad_out
@@ -610,7 +643,7 @@ class _GaussianNW(torch.autograd.Function):
                 grad_b = two_inv * (cols[:, 1] - ctx.yc * cols[:, 0])
             if needs[3]:  # rows[0] = sum_j w d^2 (y_j - o_i)
                 grad_h = torch.linalg.vecdot(g, rows[0]).mul_(2).div_(h)
-        return grad_a, grad_b, grad_y, grad_h, None, None, None, None, None
+        return grad_a, grad_b, grad_y, grad_h, None, None, None, None, None, None
 
     @staticmethod
     def _differentiable_backward(ctx, a, b, y, h, grad_out):
@@ -626,7 +659,8 @@ class _GaussianNW(torch.autograd.Function):
                  (h, ctx.needs_input_grad[3])]
         wanted = [t for t, need in roles if need]
         with torch.enable_grad():
-            out = _nw_dense(a, a if ctx.same else b, y, h, ctx.leave_out.dense())
+            leave_out = ctx.leave_out if ctx.leave_out is not None else _LeaveOut(*ctx.ids)
+            out = _nw_dense(a, a if ctx.same else b, y, h, leave_out.dense())
             grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
         result = tuple(next(grads) if need else None for _, need in roles)
         if ctx.same:  # a and b are one tensor: its whole gradient is returned once
@@ -712,6 +746,15 @@ def nadaraya_watson(
     (``z_ref`` is ``z``, ``ref_ids`` is ``query_ids``). Without ids nothing is excluded
     (inference on unseen data).
 
+    **Where it runs.** On the CPU in float32 and float64 the Gaussian estimator runs in a
+    fused kernel (:mod:`kaf._fused`, compiled with the system's C++ compiler at first use):
+    each query's weights are formed, summed and used without ever being stored, and the
+    backward recomputes them from the saved log-normalisers, so time is two passes over
+    the :math:`n \cdot m \cdot k` pairs and memory :math:`O((n + m)k)` whatever
+    ``chunk_size``. Elsewhere (CUDA, other dtypes, double backward, :mod:`torch.func`) and
+    with ``KAF_NW_BACKEND=eager`` it runs as torch operations, with the same numbers to
+    rounding; without a compiler it falls back to them with one warning.
+
     Any finite input gives a finite answer. The Gaussian path checks every value with a
     single device synchronisation; inputs at which its squares or gradient terms could
     overflow (scaled index ranges :math:`(\max - \min)/(\sqrt2 h)` summing to more than
@@ -733,7 +776,8 @@ def nadaraya_watson(
         chunk_size: evaluate at most this many queries at a time, bounding memory to
             :math:`O(\text{chunk\_size} \cdot m \cdot k)` (forward and backward). ``None``
             evaluates all queries at once (fastest; keeps two (n, m, k) tensors for the
-            backward when a gradient is needed).
+            backward when a gradient is needed). The fused CPU kernel needs no chunks
+            (its memory is :math:`O((n + m)k)`) and ignores it.
 
     Returns:
         Tensor of shape :math:`(n, k)`, on the device and dtype of ``z``.
@@ -815,7 +859,7 @@ def nadaraya_watson(
         grad = torch.is_grad_enabled()
         need_ab = grad and (z.requires_grad or z_ref.requires_grad or h_t.requires_grad)
         need_y = grad and y_ref.requires_grad
-        out = _GaussianNW.apply(a, b, y, h_t, _LeaveOut(query_ids, ref_ids), chunk_size, need_ab, need_y, same)
+        out = _GaussianNW.apply(a, b, y, h_t, query_ids, ref_ids, chunk_size, need_ab, need_y, same)
     return out.t().to(dtype)
 
 

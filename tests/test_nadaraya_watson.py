@@ -11,6 +11,11 @@ from hypothesis.extra.numpy import arrays
 from kaf.estimators import KERNELS, nadaraya_watson
 
 
+@pytest.fixture(autouse=True)
+def _both_backends(nw_backend):
+    """Every test here runs with the fused CPU kernel and with the torch-operations path."""
+
+
 def slow_nw(z, z_ref, y_ref, h, kernel="gaussian", query_ids=None, ref_ids=None):
     """The obvious double loop in float64 numpy: the independent reference."""
     z, z_ref, y_ref = (np.asarray(t, dtype=np.float64) for t in (z, z_ref, y_ref))

@@ -1,0 +1,268 @@
+"""The fused CPU kernel of the Gaussian Nadaraya–Watson estimator (kaf/_nw_cpu.cpp via kaf._fused).
+
+References: the obvious float64 double loop for values, and autograd through the plain
+float64 formula (weights from a masked softmax) for gradients; neither shares code with the
+kernel or with the estimator's hand-written eager backward. The rest of the estimator's
+tests (tests/test_nadaraya_watson.py) run with both backends.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_fused
+from kaf import _fused
+from kaf.estimators import nadaraya_watson
+from kaf.nn import KernelOutput
+
+from test_nadaraya_watson import slow_nw
+
+
+@pytest.fixture(autouse=True)
+def _fused_only(monkeypatch):
+    require_fused()
+    monkeypatch.setenv("KAF_NW_BACKEND", "cpp")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of the kernel's forward and backward calls."""
+    count = {"forward": 0, "backward": 0}
+    for name in count:
+        original = getattr(_fused, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            count[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_fused, name, spy)
+    return count
+
+
+def plain_float64(z, z_ref, y_ref, h, query_ids=None, ref_ids=None, same=False):
+    """Outputs and gradients of sum(out * g) through the plain formula in float64 autograd."""
+    z = z.detach().double().requires_grad_(True)
+    z_ref = z if same else z_ref.detach().double().requires_grad_(True)
+    y_ref = y_ref.detach().double().requires_grad_(True)
+    h = torch.as_tensor(h, dtype=torch.float64).detach().clone().requires_grad_(True)
+    logw = -((z_ref.unsqueeze(0) - z.unsqueeze(1)) / h) ** 2 / 2  # (n, m, k)
+    if query_ids is not None:
+        logw = logw.masked_fill((query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)).unsqueeze(2), -math.inf)
+    out = (torch.softmax(logw, dim=1) * y_ref.unsqueeze(0)).sum(1)
+    return out, (z, z_ref, y_ref, h)
+
+
+def grads_of(fn, g, *inputs):
+    out = fn()
+    out.backward(g)
+    return out.detach(), [None if t.grad is None else t.grad.detach().clone() for t in inputs]
+
+
+CASES = [  # n, m, k, same (the batch as its own reference set), ids
+    (1000, 1000, 3, False, "calc"),  # the thesis's scale: a calc set with leave-one-out
+    (128, 128, 10, True, "batch"),  # a training step, the batch as its own reference set
+    (37, 53, 2, False, None),  # no ids: nothing left out
+    (9, 4, 1, False, "calc"),  # fewer references than queries
+]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-5), (torch.float64, 1e-11)])
+@pytest.mark.parametrize("n,m,k,same,ids", CASES)
+def test_values_and_gradients_match_float64(n, m, k, same, ids, dtype, rtol, calls):
+    g = torch.Generator().manual_seed(n + m + k)
+    z = torch.randn(n, k, generator=g, dtype=dtype)
+    z_ref = z if same else torch.randn(m, k, generator=g, dtype=dtype) * 1.5
+    y_ref = torch.rand(m, k, generator=g, dtype=dtype)
+    h = torch.linspace(0.3, 0.9, k, dtype=dtype)
+    qid = rid = None
+    if ids == "batch":
+        qid = rid = torch.arange(n)
+    elif ids == "calc":  # queries 0..n-1 are the first of the calc points (ids shifted by a few)
+        qid, rid = torch.arange(n) + 3, torch.arange(m)
+    up = torch.randn(n, k, generator=g, dtype=dtype)
+    up[::5] = 0  # rows without upstream gradient contribute nothing
+
+    zz = z.clone().requires_grad_(True)
+    zr = zz if same else z_ref.clone().requires_grad_(True)
+    yy, hh = y_ref.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    out, grads = grads_of(lambda: nadaraya_watson(zz, zr, yy, hh, query_ids=qid, ref_ids=rid), up,
+                          zz, *([] if same else [zr]), yy, hh)
+    assert calls == {"forward": 1, "backward": 1}
+    assert out.dtype == dtype
+
+    ref_out, ref_inputs = plain_float64(z, z_ref, y_ref, h, qid, rid, same)
+    ref_out.backward(up.double())
+    ref_inputs = [ref_inputs[0]] + ([] if same else [ref_inputs[1]]) + list(ref_inputs[2:])
+    if n * m <= 2000:  # the double loop as well, where it is quick
+        np.testing.assert_allclose(ref_out.detach().numpy(),
+                                   slow_nw(z, z_ref, y_ref, h.double().numpy(), "gaussian",
+                                           None if qid is None else qid.tolist(),
+                                           None if rid is None else rid.tolist()), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(out.double(), ref_out.detach(), rtol=rtol, atol=rtol)
+    for got, ref in zip(grads, ref_inputs):
+        scale = ref.grad.abs().max().item()
+        torch.testing.assert_close(got.double(), ref.grad, rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+def test_only_the_gradients_asked_for_are_computed():
+    z, z_ref, y_ref = torch.randn(20, 2), torch.randn(30, 2), torch.rand(30, 2)
+    for wanted in ("z", "z_ref", "y_ref", "h"):
+        t = {"z": z.clone(), "z_ref": z_ref.clone(), "y_ref": y_ref.clone(), "h": torch.tensor(0.5)}
+        t[wanted].requires_grad_(True)
+        nadaraya_watson(t["z"], t["z_ref"], t["y_ref"], t["h"]).sum().backward()
+        ref_out, ref_in = plain_float64(z, z_ref, y_ref, torch.tensor(0.5))
+        ref_out.sum().backward()
+        ref = dict(zip(("z", "z_ref", "y_ref", "h"), ref_in))[wanted].grad
+        torch.testing.assert_close(t[wanted].grad.double(), ref, rtol=1e-5, atol=1e-6)
+        assert all(v.grad is None for key, v in t.items() if key != wanted)
+
+
+def test_duplicated_ids_leave_out_every_match(calls):
+    """Queries that share their id with several reference points (the segment loops)."""
+    g = torch.Generator().manual_seed(5)
+    z_ref = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    y_ref = torch.rand(40, 2, generator=g, dtype=torch.float64)
+    rid = torch.arange(40) % 7  # ids 0..6, each on 5-6 reference points
+    z = z_ref[:10] + 0.05
+    qid = torch.tensor([0, 1, 2, 3, 4, 5, 6, 100, 0, 3])  # 100 matches nothing
+    zz = z.clone().requires_grad_(True)
+    out = nadaraya_watson(zz, z_ref, y_ref, 0.6, query_ids=qid, ref_ids=rid)
+    out.sum().backward()
+    assert calls["forward"] == 1 and calls["backward"] == 1
+    np.testing.assert_allclose(out.detach().numpy(), slow_nw(z, z_ref, y_ref, 0.6, "gaussian", qid.tolist(),
+                                                             rid.tolist()), rtol=1e-12)
+    ref_out, ref_in = plain_float64(z, z_ref, y_ref, 0.6, qid, rid)
+    ref_out.sum().backward()
+    torch.testing.assert_close(zz.grad, ref_in[0].grad, rtol=1e-11, atol=1e-12)
+
+
+def test_query_far_from_every_reference_point_takes_the_shifted_pass():
+    """A query 50 bandwidths away: its unshifted weights all underflow, the second pass keeps them."""
+    z_ref = torch.tensor([[0.0], [0.1], [0.3], [1.0]])
+    y_ref = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    z = torch.tensor([[0.05], [20.0], [-30.0]], requires_grad=True)  # h = 0.4: 50 and 75 bandwidths out
+    out = nadaraya_watson(z, z_ref, y_ref, 0.4)
+    out.sum().backward()
+    ref_out, ref_in = plain_float64(z, z_ref, y_ref, torch.tensor(0.4))
+    ref_out.sum().backward()
+    assert out[1, 0].item() == pytest.approx(4.0, abs=1e-6) and out[2, 0].item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(out.detach().double(), ref_out.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad.double(), ref_in[0].grad, rtol=1e-4, atol=1e-6)
+    assert bool(torch.isfinite(z.grad).all())
+
+
+def test_one_and_two_threads_agree():
+    """Above the size where the kernel splits its work over threads, the result does not depend on them."""
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(600, 1, generator=g).requires_grad_(True)
+    y = torch.rand(600, 1, generator=g)
+    ids = torch.arange(600)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            z.grad = None
+            out = nadaraya_watson(z, z, y, 0.2, query_ids=ids, ref_ids=ids)
+            out.square().sum().backward()
+            results.append((out.detach(), z.grad.clone()))
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_output_with_the_batch_as_reference_uses_the_kernel(calls):
+    torch.manual_seed(0)
+    body = torch.nn.Linear(4, 3)
+    x, labels = torch.randn(32, 4), torch.arange(32) % 3
+    out = KernelOutput(body, x, labels, n_classes=3, reference="batch")(x, ids=torch.arange(32), targets=labels)
+    out.sum().backward()
+    assert calls == {"forward": 1, "backward": 1}
+    assert body.weight.grad is not None and bool(torch.isfinite(body.weight.grad).all())
+
+
+def test_eager_backend_does_not_call_the_kernel(calls, monkeypatch):
+    monkeypatch.setenv("KAF_NW_BACKEND", "eager")
+    z = torch.randn(10, 1, requires_grad=True)
+    nadaraya_watson(z, z, torch.rand(10, 1), 0.5).sum().backward()
+    assert calls == {"forward": 0, "backward": 0}
+
+
+def test_unknown_backend_is_an_error(monkeypatch):
+    monkeypatch.setenv("KAF_NW_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="KAF_NW_BACKEND must be one of"):
+        nadaraya_watson(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2, 1), 1.0)
+
+
+def test_double_backward_differentiates_the_plain_formula(calls):
+    """create_graph=True: the forward runs in the kernel, the backward as plain operations (exact second derivatives)."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(12, 1, generator=g, dtype=torch.float64)
+    y = torch.rand(12, 1, generator=g, dtype=torch.float64)
+    ids = torch.arange(12)
+    zz = z.clone().requires_grad_(True)
+    out = nadaraya_watson(zz, zz, y, 0.5, query_ids=ids, ref_ids=ids)
+    (gz,) = torch.autograd.grad(out.sum(), zz, create_graph=True)
+    gz.square().sum().backward()
+    assert calls == {"forward": 1, "backward": 0}
+    ref_out, ref_in = plain_float64(z, None, y, 0.5, ids, ids, same=True)
+    (ref_gz,) = torch.autograd.grad(ref_out.sum(), ref_in[0], create_graph=True)
+    ref_gz.square().sum().backward()
+    torch.testing.assert_close(gz, ref_gz, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(zz.grad, ref_in[0].grad, rtol=1e-10, atol=1e-12)
+
+
+def test_without_a_compiler_auto_warns_once_and_cpp_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(_fused, "_lib", None)
+    monkeypatch.setattr(_fused, "_failure", None)
+    monkeypatch.setattr(_fused, "_warned", False)
+    monkeypatch.setattr(_fused, "_compiler", lambda: None)
+    monkeypatch.setenv("KAF_CACHE_DIR", str(tmp_path))
+    z, y = torch.randn(20, 1), torch.rand(20, 1)
+    monkeypatch.setenv("KAF_NW_BACKEND", "eager")
+    expected = nadaraya_watson(z, z, y, 0.5)
+
+    monkeypatch.setenv("KAF_NW_BACKEND", "auto")
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        first = nadaraya_watson(z, z, y, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not on every call
+        second = nadaraya_watson(z, z, y, 0.5)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+    monkeypatch.setenv("KAF_NW_BACKEND", "cpp")
+    with pytest.raises(_fused.FusedUnavailable, match="no C\\+\\+ compiler found"):
+        nadaraya_watson(z, z, y, 0.5)
+
+
+def test_build_is_cached_by_source_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("KAF_CACHE_DIR", str(tmp_path))
+    lib = _fused._build()
+    built = sorted(tmp_path.glob("nw_cpu-*"))
+    assert len(built) == 1 and lib.kaf_nw_abi_version() == _fused._ABI
+    stamp = built[0].stat().st_mtime_ns
+    _fused._build()
+    assert sorted(tmp_path.glob("nw_cpu-*")) == built and built[0].stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p not in built]  # no temporary file left behind
+
+
+def test_subnormal_scales_keep_their_values():
+    """Indices and a bandwidth near float32's smallest normal numbers, and subnormal targets: the
+    kernel flushes subnormal results, so these go to the exact path and keep their values."""
+    g = torch.Generator().manual_seed(6)
+    z_ref = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    y_ref = torch.rand(6, 1, generator=g, dtype=torch.float64)
+    z = torch.randn(4, 1, generator=g, dtype=torch.float64)
+    expected = slow_nw(z, z_ref, y_ref, 0.7)
+    scale_z, scale_y = 1e-36, 1e-41  # 1e-41 is subnormal in float32
+    out = nadaraya_watson((z * scale_z).float(), (z_ref * scale_z).float(), (y_ref * scale_y).float(),
+                          torch.tensor(0.7 * scale_z, dtype=torch.float32))
+    np.testing.assert_allclose(out.double().numpy() / scale_y, expected, rtol=2e-2)  # subnormals hold few digits
+    out = nadaraya_watson((z * scale_z).float(), (z_ref * scale_z).float(), y_ref.float(),
+                          torch.tensor(0.7 * scale_z, dtype=torch.float32))
+    np.testing.assert_allclose(out.double().numpy(), expected, rtol=1e-4)
