@@ -526,3 +526,20 @@ def test_select_calc_bad_size(size):
 def test_select_calc_bad_policy():
     with pytest.raises(ValueError, match="policy"):
         select_calc(torch.arange(10), 3, policy="kmeans")
+
+
+@pytest.mark.parametrize("reference", ["calc", "batch"])
+def test_non_finite_input_or_index_is_named(reference):
+    torch.manual_seed(0)
+    x, labels = torch.randn(12, 4), torch.arange(12) % 3
+    body = nn.Linear(4, 3)
+    model = KernelOutput(body, x, labels, n_classes=3, reference=reference)
+    kw = dict(ids=torch.arange(12), targets=labels)
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x contains non-finite values"):
+        model(bad, **kw)
+    with torch.no_grad():
+        body.weight[0, 0] = float("inf")  # finite x, non-finite indices
+    with pytest.raises(ValueError, match="body mapped finite x to non-finite indices z"):
+        model(x, **kw)
