@@ -469,6 +469,17 @@ int64_t kaf_nw_excluded(int64_t n, int64_t m, const int64_t* qids, const int64_t
     keys = sorted.data();
   }
   int64_t total = 0;
+  if (order.empty() && std::is_sorted(qids, qids + n)) {  // both ascending: one merge, no search
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      start[i] = total;
+      while (j < m && keys[j] < qids[i]) ++j;
+      for (int64_t e = j; e < m && keys[e] == qids[i]; ++e, ++total)
+        if (total < capacity) cols[total] = e;
+    }
+    start[n] = total;
+    return total;
+  }
   for (int64_t i = 0; i < n; ++i) {
     start[i] = total;
     const int64_t* lo = std::lower_bound(keys, keys + m, qids[i]);

@@ -120,14 +120,18 @@ def test_only_the_gradients_asked_for_are_computed():
         assert all(v.grad is None for key, v in t.items() if key != wanted)
 
 
-def test_duplicated_ids_leave_out_every_match(calls):
-    """Queries that share their id with several reference points (the segment loops)."""
+@pytest.mark.parametrize("ascending", [False, True])
+def test_duplicated_ids_leave_out_every_match(calls, ascending):
+    """Queries that share their id with several reference points (the segment loops); ids in
+    any order (found by sorting) or ascending on both sides (found by one merge)."""
     g = torch.Generator().manual_seed(5)
     z_ref = torch.randn(40, 2, generator=g, dtype=torch.float64)
     y_ref = torch.rand(40, 2, generator=g, dtype=torch.float64)
     rid = torch.arange(40) % 7  # ids 0..6, each on 5-6 reference points
     z = z_ref[:10] + 0.05
     qid = torch.tensor([0, 1, 2, 3, 4, 5, 6, 100, 0, 3])  # 100 matches nothing
+    if ascending:
+        rid, qid = rid.sort().values, qid.sort().values
     zz = z.clone().requires_grad_(True)
     out = nadaraya_watson(zz, z_ref, y_ref, 0.6, query_ids=qid, ref_ids=rid)
     out.sum().backward()

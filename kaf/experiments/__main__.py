@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from kaf import _fused
 from kaf.experiments import registry, repo_root, results_dir
 from kaf.experiments.sweep import CODE_DIGEST, RUNS_FOLDER, SweepError, atomic_write
 from kaf.scale import get_scale
@@ -92,7 +93,10 @@ def provenance(scale: str, device: str | None, sweep, wall: float, commit: str |
         # the time they took when they were computed)
         "experiment_run_time_s": {k: round(v, 1) for k, v in sweep.run_seconds.items()},
         "kaf_sources_sha256": {p.relative_to(repo_root()).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-                               for p in sorted((repo_root() / "kaf").rglob("*.py"))},
+                               for p in sorted([*(repo_root() / "kaf").rglob("*.py"),
+                                                *(repo_root() / "kaf").rglob("*.cpp")])},
+        # the path of the Gaussian estimator on the CPU: its fused kernel, or torch operations
+        "nw_cpu_path": "fused kernel" if _fused.available() and _fused.backend() != "eager" else "torch operations",
         "data": data if data is not None else _data_provenance(),
     }
 

@@ -95,9 +95,11 @@ _RESULT_NEUTRAL_DIRS = ("viz/",)
 def code_digest() -> str:
     """Hash of the ``kaf`` sources that can change a result and of the numerical libraries' versions.
 
-    Every ``*.py`` file of the package counts except those in ``_RESULT_NEUTRAL`` (CLI,
-    sweep machinery, plots, verdicts, table reading, the interactive views in ``kaf/viz/``); a new module
-    counts by default.
+    Every ``*.py`` file of the package and the C++ source of the fused estimator kernel count
+    except those in ``_RESULT_NEUTRAL`` (CLI, sweep machinery, plots, verdicts, table reading,
+    the interactive views in ``kaf/viz/``); a new module counts by default. So does the
+    estimator's backend as asked for by ``KAF_NW_BACKEND`` (the fused kernel and the eager
+    path agree to rounding, which a long training run can amplify).
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -111,7 +113,7 @@ def code_digest() -> str:
 
     package = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.cpp")]):
         rel = path.relative_to(package).as_posix()
         if rel in _RESULT_NEUTRAL or rel.startswith(_RESULT_NEUTRAL_DIRS):
             continue
@@ -119,6 +121,7 @@ def code_digest() -> str:
     versions = dict(python=f"{sys.version_info.major}.{sys.version_info.minor}", torch=torch.__version__,
                     numpy=numpy.__version__, pandas=pd.__version__, scipy=installed("scipy"),
                     sklearn=installed("scikit-learn"))
+    versions["nw_backend"] = os.environ.get("KAF_NW_BACKEND", "auto")
     h.update(json.dumps(versions, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
