@@ -92,14 +92,19 @@ def _cpu_signature() -> str:
     return text
 
 
-def _build() -> ctypes.CDLL:
+#: flags of a portable build (no instruction sets beyond the architecture's baseline): the
+#: tests build it too, so the loops without AVX-512 are checked on machines that have it
+PORTABLE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp"]
+
+
+def _build(flag_sets=_FLAG_SETS) -> ctypes.CDLL:
     cxx = _compiler()
     if cxx is None:
         raise FusedUnavailable("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
     source = _SOURCE.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     errors = []
-    for flags in _FLAG_SETS:
+    for flags in flag_sets:
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         suffix = ".dll" if sys.platform == "win32" else ".so"

@@ -27,6 +27,15 @@ def _fused_only(monkeypatch):
     monkeypatch.setenv("KAF_NW_BACKEND", "cpp")
 
 
+@pytest.fixture(params=["native", "portable"])
+def build(request, monkeypatch):
+    """The kernel built for this CPU (AVX-512 loops where it has them) and a portable build
+    (the loops the compiler vectorises by itself), each used by nadaraya_watson in turn."""
+    if request.param == "portable":
+        monkeypatch.setattr(_fused, "_lib", _fused._build(flag_sets=[_fused.PORTABLE_FLAGS]))
+    return request.param
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of the kernel's forward and backward calls."""
@@ -71,7 +80,7 @@ CASES = [  # n, m, k, same (the batch as its own reference set), ids
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-5), (torch.float64, 1e-11)])
 @pytest.mark.parametrize("n,m,k,same,ids", CASES)
-def test_values_and_gradients_match_float64(n, m, k, same, ids, dtype, rtol, calls):
+def test_values_and_gradients_match_float64(n, m, k, same, ids, dtype, rtol, calls, build):
     g = torch.Generator().manual_seed(n + m + k)
     z = torch.randn(n, k, generator=g, dtype=dtype)
     z_ref = z if same else torch.randn(m, k, generator=g, dtype=dtype) * 1.5
@@ -121,7 +130,7 @@ def test_only_the_gradients_asked_for_are_computed():
 
 
 @pytest.mark.parametrize("ascending", [False, True])
-def test_duplicated_ids_leave_out_every_match(calls, ascending):
+def test_duplicated_ids_leave_out_every_match(calls, ascending, build):
     """Queries that share their id with several reference points (the segment loops); ids in
     any order (found by sorting) or ascending on both sides (found by one merge)."""
     g = torch.Generator().manual_seed(5)
@@ -143,7 +152,7 @@ def test_duplicated_ids_leave_out_every_match(calls, ascending):
     torch.testing.assert_close(zz.grad, ref_in[0].grad, rtol=1e-11, atol=1e-12)
 
 
-def test_query_far_from_every_reference_point_takes_the_shifted_pass():
+def test_query_far_from_every_reference_point_takes_the_shifted_pass(build):
     """A query 50 bandwidths away: its unshifted weights all underflow, the second pass keeps them."""
     z_ref = torch.tensor([[0.0], [0.1], [0.3], [1.0]])
     y_ref = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
@@ -255,7 +264,7 @@ def test_build_is_cached_by_source_and_reused(monkeypatch, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p not in built]  # no temporary file left behind
 
 
-def test_subnormal_scales_keep_their_values():
+def test_subnormal_scales_keep_their_values(build):
     """Indices and a bandwidth near float32's smallest normal numbers, and subnormal targets: the
     kernel flushes subnormal results, so these go to the exact path and keep their values."""
     g = torch.Generator().manual_seed(6)
