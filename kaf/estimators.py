@@ -74,7 +74,12 @@ def _check_ids(name: str, ids, length: int, length_name: str, device) -> torch.T
         )
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer ids, got dtype {ids.dtype}")
-    return ids.to(device=device)
+    return ids if ids.device == torch.device(device) else ids.to(device=device)
+
+
+def _int64(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` as a contiguous int64 tensor (itself when it already is one)."""
+    return ids if ids.dtype == torch.int64 and ids.is_contiguous() else ids.to(torch.int64).contiguous()
 
 
 def _bandwidth_tensor(h, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -84,7 +89,7 @@ def _bandwidth_tensor(h, k: int, like: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"h must be a scalar or a tensor of shape ({k},), got shape {tuple(h.shape)}")
         if h.is_complex():
             raise ValueError(f"h must be a real number or tensor, got dtype {h.dtype}")
-        h_t = h.to(device=like.device, dtype=like.dtype)
+        h_t = h if h.device == like.device and h.dtype == like.dtype else h.to(device=like.device, dtype=like.dtype)
     else:
         try:
             h_t = torch.tensor(float(h), device=like.device, dtype=like.dtype)
@@ -548,8 +553,8 @@ class _GaussianNW(torch.autograd.Function):
         query_ids, ref_ids = ctx.ids
         if query_ids is not None:
             same_ids = ref_ids is query_ids
-            query_ids = query_ids.to(torch.int64).contiguous()
-            ref_ids = query_ids if same_ids else ref_ids.to(torch.int64).contiguous()
+            query_ids = _int64(query_ids)
+            ref_ids = query_ids if same_ids else _int64(ref_ids)
         leave_out = _fused.excluded(query_ids, ref_ids)
         status, bad, out, oc, lnorm, dmean, ycen = _fused.forward(a, b, y, h.contiguous(), leave_out, same, need_ab)
         if status == 2:
@@ -860,7 +865,8 @@ def nadaraya_watson(
         need_ab = grad and (z.requires_grad or z_ref.requires_grad or h_t.requires_grad)
         need_y = grad and y_ref.requires_grad
         out = _GaussianNW.apply(a, b, y, h_t, query_ids, ref_ids, chunk_size, need_ab, need_y, same)
-    return out.t().to(dtype)
+    out = out.t()
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 # --------------------------------------------------------------------------- bandwidths
