@@ -485,8 +485,9 @@ class _GaussianNW(torch.autograd.Function):
         # a (k, n), b (k, m), y (k, m), h (k,)
         ctx.ids, ctx.fused, ctx.leave_out = (query_ids, ref_ids), False, None
         if _fused.applies(a):
-            if _GaussianNW._fused_forward(ctx, a, b, y, h, need_ab, same):
-                return ctx.out
+            out = _GaussianNW._fused_forward(ctx, a, b, y, h, need_ab, same)
+            if out is not None:
+                return out
             # else: outside the fused kernel's range (non-finite values, h <= 0, overflow risk);
             # the eager path below explains the error or takes its overflow-safe path
         leave_out = _LeaveOut(query_ids, ref_ids)
@@ -547,9 +548,9 @@ class _GaussianNW(torch.autograd.Function):
         return oc + y_centre
 
     @staticmethod
-    def _fused_forward(ctx, a, b, y, h, need_ab, same) -> bool:
-        """The forward in the fused CPU kernel (:mod:`kaf._fused`); False if the input is outside
-        its range (then nothing is computed)."""
+    def _fused_forward(ctx, a, b, y, h, need_ab, same) -> Optional[torch.Tensor]:
+        """The forward in the fused CPU kernel (:mod:`kaf._fused`): the output, or None if the
+        input is outside the kernel's range (then nothing is computed)."""
         query_ids, ref_ids = ctx.ids
         if query_ids is not None:
             same_ids = ref_ids is query_ids
@@ -560,10 +561,10 @@ class _GaussianNW(torch.autograd.Function):
         if status == 2:
             raise _no_reference_left(bad)
         if status != 0:
-            return False
-        ctx.fused, ctx.safe, ctx.same, ctx.fused_leave_out, ctx.out = True, False, same, leave_out, out
+            return None
+        ctx.fused, ctx.safe, ctx.same, ctx.fused_leave_out = True, False, same, leave_out
         ctx.save_for_backward(a, b, y, h, oc, None, lnorm, dmean, ycen)
-        return True
+        return out
 
     @staticmethod
     def _block_rows(yc1, o, x):
