@@ -564,27 +564,19 @@ int64_t kaf_nw_excluded(int64_t n, int64_t m, const int64_t* qids, const int64_t
     for (int64_t j = 0; j < m; ++j) sorted[j] = rids[order[j]];
     keys = sorted.data();
   }
-  int64_t total = 0;
-  if (order.empty() && std::is_sorted(qids, qids + n)) {  // both ascending: one merge, no search
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      start[i] = total;
-      while (j < m && keys[j] < qids[i]) ++j;
-      for (int64_t e = j; e < m && keys[e] == qids[i]; ++e, ++total)
-        if (total < capacity) cols[total] = e;
-    }
-    start[n] = total;
-    return total;
-  }
+  // each query's matches are one run of keys; both id sets ascending: found by one merge,
+  // else by binary search. Their columns come out ascending (a stable sort keeps tied ids
+  // in column order), as segments() needs.
+  const bool merge = order.empty() && std::is_sorted(qids, qids + n);
+  int64_t total = 0, j = 0;
   for (int64_t i = 0; i < n; ++i) {
     start[i] = total;
-    const int64_t* lo = std::lower_bound(keys, keys + m, qids[i]);
-    const int64_t* hi = lo;
-    while (hi != keys + m && *hi == qids[i]) ++hi;
-    const int64_t first = total;
-    for (const int64_t* p = lo; p != hi; ++p, ++total)
-      if (total < capacity) cols[total] = order.empty() ? p - keys : order[p - keys];
-    if (total <= capacity) std::sort(cols + first, cols + total);  // ascending columns per query
+    if (merge)
+      while (j < m && keys[j] < qids[i]) ++j;
+    else
+      j = std::lower_bound(keys, keys + m, qids[i]) - keys;
+    for (int64_t e = j; e < m && keys[e] == qids[i]; ++e, ++total)
+      if (total < capacity) cols[total] = order.empty() ? e : order[e];
   }
   start[n] = total;
   return total;
