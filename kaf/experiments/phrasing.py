@@ -14,8 +14,8 @@ so that the pasted text reads as if it had been typed.
     ('1 seed', '10 seeds')
     >>> power_of_ten(4.24e7)
     '4.2 × 10⁷'
-    >>> span(0.47, 0.86, ".2f")
-    '0.47–0.86'
+    >>> span(0.47, 0.86, ".2f"), span(0, 2, "d")
+    ('0.47–0.86', '0–2')
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def signed(x, fmt: str = ".1f") -> str:
 
 def span(low, high, fmt: str = ".2f") -> str:
     """The range ``low–high`` (an en dash), negative ends with a true minus sign."""
-    lo = format(_finite(low, "low"), fmt).replace("-", _MINUS)
-    hi = format(_finite(high, "high"), fmt).replace("-", _MINUS)
+    whole = fmt.endswith("d")  # an integer format needs an int
+    lo = format(int(_finite(low, "low")) if whole else _finite(low, "low"), fmt).replace("-", _MINUS)
+    hi = format(int(_finite(high, "high")) if whole else _finite(high, "high"), fmt).replace("-", _MINUS)
     return f"{lo}–{hi}"
 
 

@@ -30,7 +30,7 @@ from kaf.experiments.train import prepare, run
 from kaf.scale import get_scale, pick
 
 __all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "run_experiment", "run_experiments", "experiment_tasks",
-           "OUTPUTS", "BASELINES", "dataset_defaults", "fit_logistic"]
+           "OUTPUTS", "BASELINES", "dataset_defaults", "fit_logistic", "LOGISTIC_TRANSITION"]
 
 #: fixed output activations the K-AF output is compared with (the thesis's list)
 BASELINES = ("sigmoid", "tanh", "relu", "swish", "mish", "leaky_relu", "elu", "selu")
@@ -183,6 +183,11 @@ def _link_shape(scale):
             for d in ("iris", "wine", "mnist") for s in _seeds(scale, 1, 3)]
 
 
+#: the transition region of a fitted logistic: the points whose fitted value lies between these
+#: fractions of the way from its lower to its upper plateau (the link-shape chapter quotes them)
+LOGISTIC_TRANSITION = (0.05, 0.95)
+
+
 def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     r"""Least-squares fit of the 4-parameter logistic :math:`lo + (hi-lo)\,\sigma(c(z-d))` to ``g(z)``.
 
@@ -191,7 +196,7 @@ def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     points, ``r2`` its coefficient of determination, ``r2_linear`` that of the best
     straight line (a reference: a sigmoid should beat a line on a sigmoid-shaped link),
     and ``r2_mid`` the logistic's :math:`R^2` over the ``n_mid`` points of the transition
-    region (fitted value 5–95 % of the way from ``lo`` to ``hi``; NaN when fewer than 5).
+    region (fitted value within ``LOGISTIC_TRANSITION`` of the way from ``lo`` to ``hi``; NaN when fewer than 5).
     """
     from scipy.optimize import curve_fit
 
@@ -226,7 +231,7 @@ def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     # way from lo to hi (on a near-step link most points sit on the plateaus and make R² easy)
     fitted = logistic(z, lo, hi, c, d)
     frac = (fitted - lo) / (hi - lo) if hi != lo else np.zeros_like(z)
-    mid = (frac > 0.05) & (frac < 0.95)
+    mid = (frac > LOGISTIC_TRANSITION[0]) & (frac < LOGISTIC_TRANSITION[1])
     sst_mid = float(((g[mid] - g[mid].mean()) ** 2).sum()) if mid.sum() else 0.0
     r2_mid = 1.0 - float(((g[mid] - fitted[mid]) ** 2).sum()) / sst_mid if mid.sum() >= 5 and sst_mid > 0 else math.nan
     return dict(lo=lo, hi=hi, c=c, d=d, rmse=math.sqrt(sse / len(z)), r2=1.0 - sse / sst if sst > 0 else 1.0,
