@@ -161,7 +161,6 @@ class FluidReLU(nn.Module):
         device: Optional[Union[torch.device, str]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
@@ -176,7 +175,7 @@ class FluidReLU(nn.Module):
         self.init = float(init)
         self.grad_scale = float(grad_scale)
         self.variant = variant
-        self.a = nn.Parameter(torch.empty(num_parameters, **factory_kwargs))
+        self.a = nn.Parameter(torch.empty(num_parameters, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -468,6 +467,10 @@ class KernelOutput(nn.Module):
         >>> batch(X[rows], ids=rows, targets=y[rows]).shape   # training: the batch is the reference set
         torch.Size([16, 3])
     """
+
+    calc_x: Tensor
+    calc_y: Tensor
+    calc_ids: Tensor
 
     def __init__(
         self,
@@ -796,7 +799,7 @@ def _plain(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def factory(num_parameters: Optional[int] = None, **kwargs) -> nn.Module:
         return cls(**kwargs)
 
-    factory.__signature__ = inspect.Signature(
+    factory.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("num_parameters", inspect.Parameter.KEYWORD_ONLY, default=None)]
         + [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
@@ -876,7 +879,7 @@ def make_activation(name: str, **kwargs) -> nn.Module:
 
 def _shape_parameters(model: nn.Module) -> List[nn.Parameter]:
     """Parameters that set an activation's shape, found by module type."""
-    found = []
+    found: List[nn.Parameter] = []
     for module in model.modules():
         if isinstance(module, KernelActivation):
             candidates = [module.log_bandwidth]
@@ -922,7 +925,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     if not _is_finite_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     shape_ids = {id(p) for p in _shape_parameters(model)}
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if id(p) in shape_ids else decay).append(p)
     return [
