@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from kaf import functional as kf
 from kaf.estimators import KERNELS, _check_seed
-from kaf.functional import FLUID_VARIANTS, _check_float_input, _describe
+from kaf.functional import FLUID_VARIANTS, _describe
 
 __all__ = [
     "FluidReLU",
