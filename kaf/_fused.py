@@ -211,7 +211,7 @@ def _ptr(t: Optional[torch.Tensor]):
 def excluded(query_ids: Optional[torch.Tensor], ref_ids: Optional[torch.Tensor]):
     """The left-out pairs as lists, ``(start, cols)``: query i leaves out the reference columns
     ``cols[start[i]:start[i + 1]]`` (ascending); ``(None, None)`` without ids. int64 CPU ids."""
-    if query_ids is None:
+    if query_ids is None or ref_ids is None:
         return None, None
     lib = library()
     n, m = query_ids.shape[0], ref_ids.shape[0]

@@ -231,7 +231,7 @@ class Dataset:
 
         Identity when ``standardize_y`` was not applied.
         """
-        if self.y_mean is None:
+        if self.y_mean is None or self.y_std is None:
             return y
         return y * self.y_std.to(y.device, y.dtype) + self.y_mean.to(y.device, y.dtype)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
@@ -859,7 +859,7 @@ def nadaraya_watson(
     b = a if same else z_ref.t().contiguous()
     y = y_ref.t().contiguous()
     if transformed:
-        mask = None if query_ids is None else query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
+        mask = None if query_ids is None or ref_ids is None else query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
         out = _nw_dense(a, b, y, h_t, mask)
     else:
         grad = torch.is_grad_enabled()
@@ -1013,6 +1013,12 @@ class _SingleIndexFit:
 
     Subclasses hold ``w``, ``bandwidth``, ``index`` (training indices), ``targets`` and ``kernel``.
     """
+
+    w: torch.Tensor
+    bandwidth: float
+    index: torch.Tensor
+    targets: torch.Tensor
+    kernel: str
 
     def link(self, z) -> torch.Tensor:
         """The estimated link :math:`\\hat g(z)`: NW of the training targets on the training
@@ -1284,6 +1290,7 @@ def _fit_single_index(X, y, pointwise, starts, h_init, *, steps, learn_bandwidth
         if best is None or float(loss) < best[0]:
             best = (float(loss), v.detach().clone(), float(bandwidth_of(u.detach())), history, trimmed)
 
+    assert best is not None  # n_starts >= 1
     loss, v, h, history, trimmed = best
     return dict(w=v / v.norm(), bandwidth=h, loss=loss, history=history, start_losses=start_losses,
                 trimmed=trimmed)

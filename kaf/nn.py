@@ -1,9 +1,13 @@
 r"""Modules: the kernel output activation (K-AF), FluidReLU, an activation registry.
 
-The modules here are thin: the kernel estimator itself lives once, in
-:func:`kaf.estimators.nadaraya_watson`, and :class:`KernelActivation` /
-:class:`KernelOutput` only own its parameters (the bandwidth) and its reference set
-(the calc points).
+The modules here are thin: they own parameters and call the stateless functions of
+:mod:`kaf.functional` with them, as :mod:`torch.nn` calls :mod:`torch.nn.functional`.
+The kernel estimator lives once, in :func:`kaf.functional.nadaraya_watson`, and
+:class:`KernelActivation` / :class:`KernelOutput` only own its parameters (the
+bandwidth) and its reference set (the calc points); :class:`FluidReLU` owns :math:`a`
+and calls :func:`kaf.functional.fluid_relu`. Every module that creates a parameter
+takes ``device=`` and ``dtype=`` (factory keyword arguments, as in
+:class:`torch.nn.PReLU`).
 
 * :class:`KernelActivation` -- the leave-one-out Nadaraya--Watson activation with a
   learnable bandwidth :math:`h` (thesis eq. 3.1).
@@ -30,7 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kaf.estimators import KERNELS, _check_seed, nadaraya_watson
+from kaf import functional as kf
+from kaf.estimators import KERNELS, _check_seed
+from kaf.functional import FLUID_VARIANTS, _describe
 
 __all__ = [
     "FluidReLU",
@@ -45,167 +51,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- FluidReLU
-
-
-def _negative_exponent(v: Tensor, s: Tensor) -> Tensor:
-    r""":math:`t = \min(v, 0)\,s`, clamped to the dtype's finite range (a fresh tensor).
-
-    The clamp keeps :math:`t` finite when :math:`v s` overflows (huge :math:`|v|` or
-    :math:`a \ll 0`), so that :math:`e^t = 0` and every product with it is an exact 0
-    rather than ``inf * 0 = nan``.
-    """
-    return v.clamp(max=0).mul_(s).clamp_(min=torch.finfo(v.dtype).min)
-
-
-def _channel_scale(a: Tensor, dtype: torch.dtype, channel_shape) -> Tensor:
-    r""":math:`s = e^{-a}` in ``dtype``, capped below the largest finite value, shaped to broadcast.
-
-    The cap keeps :math:`s` (and so :math:`0 \cdot s = 0`) finite when :math:`a` is very
-    negative; it is applied to the exponent (at :math:`\log(\text{max}) - 1`, a margin
-    that survives rounding in low-precision dtypes) so that ``exp`` itself never returns
-    ``inf``.
-    """
-    cap = math.log(torch.finfo(dtype).max) - 1.0
-    return torch.exp((-a.to(dtype)).clamp(max=cap)).view(channel_shape)
-
-
-def _scaled_gradient(a: Tensor, grad_scale: float) -> Tensor:
-    r"""``a`` in value (exactly), with every gradient that flows back through it multiplied by ``grad_scale``.
-
-    :math:`a_\beta = \text{sg}(a) + \beta\,(a - \text{sg}(a))` with :math:`\text{sg}` the
-    stop-gradient: :math:`a - \text{sg}(a)` is an exact 0, and its derivative is 1.
-    Built from plain differentiable ops, so it composes with every autograd and
-    ``torch.func`` transform at every order.
-    """
-    if grad_scale == 1.0:
-        return a
-    frozen = a.detach()
-    return frozen + (a - frozen) * grad_scale
-
-
-def _fluid_derivatives(v: Tensor, a: Tensor, channel_shape, variant: str):
-    r"""Elementwise :math:`(\partial f/\partial v, \partial f/\partial a)` from differentiable ops.
-
-    The first-order formulas of :class:`FluidReLU` written so that autograd can
-    differentiate them again (double backward, ``torch.func``) without ``inf * 0``:
-
-    * where the exponential factor underflows to 0 (:math:`t \ll 0`) both derivatives
-      are an exact 0, and :math:`v` is replaced by 0 before any product, so that no
-      huge or infinite :math:`t` enters the values or their gradients;
-    * :math:`v \ge 0` gives :math:`t = 0` with no gradient (the right-hand derivatives at
-      the kink :math:`v = 0`, like ``relu``);
-    * :math:`t = v e^{-a}` is formed as :math:`(v\,\text{sg}(s))\,e^{\text{sg}(a) - a}`: the
-      same value (the second factor is exactly 1) and the same derivatives of every
-      order, but :math:`\partial t/\partial a = -t` is then computed from :math:`t`
-      itself, never through :math:`v \cdot v`, which would overflow for huge :math:`|v|`
-      where the true second derivatives are finite.
-    """
-    frozen = a.detach()
-    s = _channel_scale(frozen, v.dtype, channel_shape)
-    squash = torch.exp if variant == "exp" else torch.sigmoid
-    with torch.no_grad():
-        t_value = torch.mul(v, s).clamp_max_(0)  # = min(v, 0) s, since s >= 0
-        dead = squash(t_value) == 0
-        live = (v < 0) & ~dead
-    v = torch.where(live, v, 0.0)  # elsewhere df/da = 0 and t = 0: keep huge v out of the products
-    shift = torch.exp((frozen - a).to(v.dtype)).view(channel_shape)  # exactly 1, d/da = -1
-    t = (v * s) * shift
-    r = torch.where(dead, 0.0, squash(t))
-    if variant == "exp":
-        # df/dv = (1 + t) e^t,  df/da = -v t e^t
-        tr = t * r
-        return r + tr, -tr * v
-    # df/dv = 2 sigma(t) + 2 t sigma(t)(1 - sigma(t)),  df/da = -2 v t sigma(t)(1 - sigma(t))
-    tq = t * (r * (1 - r))
-    return 2 * (r + tq), (-2 * tq) * v
-
-
-def _reduce_to(x: Tensor, a: Tensor) -> Tensor:
-    """Sum an input-shaped tensor down to the shape of ``a``, per channel (dimension 1) or over all.
-
-    Accumulates in ``a``'s dtype: a half-precision input's per-channel sums (and their
-    product with a large ``grad_scale``) would overflow float16.
-    """
-    if a.dim() and a.shape[0] > 1:
-        return x.sum(dim=[d for d in range(x.dim()) if d != 1], dtype=a.dtype)
-    return x.sum(dtype=a.dtype).reshape(a.shape)
-
-
-class _FluidReLUFunction(torch.autograd.Function):
-    r"""Fused FluidReLU: saves only the input and :math:`a`, recomputes in backward.
-
-    With :math:`t = \min(v, 0)\,e^{-a}` both variants are a single expression for all
-    :math:`v` (:math:`t = 0` gives :math:`e^0 = 2\sigma(0) = 1`), so no mask or
-    ``torch.where`` is needed and every step after the first runs in place.
-
-    Backward has two paths. The plain first-order backward (no ``create_graph``, no
-    ``torch.func`` transform active) is the fused in-place one above. When the gradient
-    must itself be differentiable (``create_graph=True``) or is being computed under a
-    ``torch.func`` transform (batched tensors that in-place ops cannot mix), it is
-    computed from :func:`_fluid_derivatives`, out of place, with :math:`a` passed through
-    :func:`_scaled_gradient` so that :math:`\beta` reaches every higher-order term that
-    differentiates with respect to :math:`a`. ``generate_vmap_rule`` lets ``vmap`` batch
-    both forward and backward.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(v: Tensor, a: Tensor, channel_shape, variant: str, grad_scale: float) -> Tensor:
-        s = _channel_scale(a, v.dtype, channel_shape)
-        # min(v, 0) s == min(v s, 0) as s >= 0; the multiplication comes first and out of place
-        # so that the in-place steps below act on a tensor that is batched under vmap whenever
-        # v or a is. No finite clamp needed: t = -inf gives exp(t) = sigmoid(t) = 0 and v * 0 = -0.
-        out = torch.mul(v, s).clamp_max_(0)
-        if variant == "exp":
-            out.exp_()
-        else:
-            out.sigmoid_().mul_(2.0)
-        return out.mul_(v)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        v, a, channel_shape, variant, grad_scale = inputs
-        ctx.save_for_backward(v, a)
-        ctx.channel_shape = channel_shape
-        ctx.variant = variant
-        ctx.grad_scale = grad_scale
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        v, a = ctx.saved_tensors
-        need_v, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-            # Differentiable path (double backward, torch.func).
-            df_dv, df_da = _fluid_derivatives(v, _scaled_gradient(a, ctx.grad_scale), ctx.channel_shape, ctx.variant)
-            grad_v = df_dv * grad if need_v else None
-            grad_a = None
-            if need_a:
-                grad_a = _reduce_to(df_da * grad, a) * ctx.grad_scale
-            return grad_v, grad_a, None, None, None
-        s = _channel_scale(a, v.dtype, ctx.channel_shape)
-        t = _negative_exponent(v, s)
-        if ctx.variant == "exp":
-            # df/dv = (1 + t) e^t,  df/da = -v t e^t
-            e = torch.exp(t).mul_(grad)
-            t.mul_(e)  # t e^t g
-            grad_v = e.add_(t) if need_v else None
-        else:
-            # df/dv = 2 sigma(t) + 2 t sigma(t)(1 - sigma(t)),  df/da = -2 v t sigma(t)(1 - sigma(t))
-            r = torch.sigmoid(t)
-            t.mul_(r)
-            t.addcmul_(t, r, value=-1.0)  # t sigma (1 - sigma)
-            t.mul_(grad).mul_(2.0)
-            grad_v = r.mul_(grad).mul_(2.0).add_(t) if need_v else None
-        grad_a = None
-        if need_a:
-            t.mul_(v)  # now v * (the a-derivative without its minus sign) * g
-            # beta scales the reduced gradient, so it is exactly beta times the unscaled one.
-            grad_a = _reduce_to(t, a).neg_().mul_(ctx.grad_scale)
-        return grad_v, grad_a, None, None, None
-
-
-_FLUID_VARIANTS = ("exp", "sigmoid")
 
 
 class FluidReLU(nn.Module):
@@ -282,6 +127,9 @@ class FluidReLU(nn.Module):
         init: initial value of every :math:`a` (0.0 in the paper).
         grad_scale: :math:`\beta > 0`, the factor applied to the gradient of :math:`a`.
         variant: ``"exp"`` (the adopted form) or ``"sigmoid"`` (the second candidate).
+        device, dtype: of :math:`a` (factory keyword arguments, as in
+            :class:`torch.nn.PReLU`); an input of another floating dtype is computed in
+            its own dtype.
 
     Shape:
         - Input: :math:`(*)` with :math:`*` any shape; channel dimension 1 when
@@ -304,40 +152,49 @@ class FluidReLU(nn.Module):
         torch.Size([16])
     """
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.0, grad_scale: float = 1.0, variant: str = "exp"):
+    def __init__(
+        self,
+        num_parameters: int = 1,
+        init: float = 0.0,
+        grad_scale: float = 1.0,
+        variant: str = "exp",
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
-        if not _is_finite_number(init) or not math.isfinite(torch.tensor(float(init)).item()):
-            raise ValueError(f"init must be a finite number (in the default dtype's range), got {init!r}")
+        _check_factory_dtype(dtype)
+        if not _is_finite_number(init) or not math.isfinite(torch.tensor(float(init), dtype=dtype).item()):
+            raise ValueError(f"init must be a finite number (in the range of dtype {dtype}), got {init!r}")
         if not _is_finite_number(grad_scale) or grad_scale <= 0:
             raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale!r}")
-        if variant not in _FLUID_VARIANTS:
-            raise ValueError(f"variant must be one of {_FLUID_VARIANTS}, got {variant!r}")
+        if variant not in FLUID_VARIANTS:
+            raise ValueError(f"variant must be one of {FLUID_VARIANTS}, got {variant!r}")
         self.num_parameters = num_parameters
         self.init = float(init)
         self.grad_scale = float(grad_scale)
         self.variant = variant
-        self.a = nn.Parameter(torch.full((num_parameters,), float(init)))
+        self.a = nn.Parameter(torch.empty(num_parameters, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Set every :math:`a` to ``init``."""
+        nn.init.constant_(self.a, self.init)
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_float_input(input)
-        if self.num_parameters == 1:
-            channel_shape = (1,) * input.dim()
-        else:
-            if input.dim() < 2 or input.shape[1] != self.num_parameters:
-                raise ValueError(
-                    f"input must have {self.num_parameters} channels in dimension 1 (num_parameters), "
-                    f"got shape {tuple(input.shape)}"
-                )
-            channel_shape = (1, self.num_parameters) + (1,) * (input.dim() - 2)
-        return _FluidReLUFunction.apply(input, self.a, channel_shape, self.variant, self.grad_scale)
+        return kf.fluid_relu(input, self.a, self.grad_scale, self.variant)
 
     def extra_repr(self) -> str:
         return (
             f"num_parameters={self.num_parameters}, init={self.init}, grad_scale={self.grad_scale}, "
             f"variant={self.variant!r}"
         )
+
+
+def _check_factory_dtype(dtype: object) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
 
 
 def _is_finite_number(x) -> bool:
@@ -350,11 +207,6 @@ def _is_finite_number(x) -> bool:
     return math.isfinite(float(x))
 
 
-def _check_float_input(input) -> None:
-    if not isinstance(input, Tensor) or not input.is_floating_point():
-        raise ValueError(f"input must be a floating-point tensor, got {_describe(input)}")
-
-
 # --------------------------------------------------------------------------- Swish
 
 
@@ -364,9 +216,12 @@ class Swish(nn.Module):
     :math:`\beta = 1` is SiLU; :math:`\beta \to \infty` tends to ReLU, :math:`\beta = 0`
     to :math:`x/2`.
 
+    The function is :func:`kaf.functional.swish`.
+
     Args:
         beta: initial :math:`\beta` (finite).
         learnable: make :math:`\beta` a parameter (otherwise a buffer).
+        device, dtype: of :math:`\beta` (factory keyword arguments).
 
     Shape:
         - Input: :math:`(*)`, any shape.
@@ -379,24 +234,29 @@ class Swish(nn.Module):
         tensor([0., 0., 0.], grad_fn=<MulBackward0>)
     """
 
-    def __init__(self, beta: float = 1.0, learnable: bool = False):
+    def __init__(
+        self,
+        beta: float = 1.0,
+        learnable: bool = False,
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         if not _is_finite_number(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
         if not isinstance(learnable, bool):
             raise ValueError(f"learnable must be True or False, got {learnable!r}")
+        _check_factory_dtype(dtype)
         self.learnable = learnable
-        b = torch.tensor(float(beta))
+        b = torch.tensor(float(beta), device=device, dtype=dtype)
         if self.learnable:
             self.beta = nn.Parameter(b)
         else:
             self.register_buffer("beta", b)
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_float_input(input)
-        if not self.learnable and float(self.beta) == 1.0:
-            return F.silu(input)  # same function, one fused kernel
-        return input * torch.sigmoid(self.beta * input)
+        # a fixed beta is passed as a number, so that beta = 1 takes silu's fused kernel
+        return kf.swish(input, self.beta if self.learnable else float(self.beta))
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):g}, learnable={self.learnable}"
@@ -414,7 +274,7 @@ class KernelActivation(nn.Module):
             y^{\text{ref}}_{jk}}{\sum_{j \in \text{calc},\ j \ne i} K\big((z^{\text{ref}}_{jk} - z_{ik})/h\big)}
 
     applied independently to each output unit :math:`k`. The estimator is
-    :func:`kaf.estimators.nadaraya_watson`; this module owns the bandwidth, stored as
+    :func:`kaf.functional.nadaraya_watson`; this module owns the bandwidth, stored as
     :math:`\log h` so that :math:`h = e^{\log h}` stays positive under any optimiser
     step. Pairs with ``query_ids[i] == ref_ids[j]`` are left out (the thesis's
     ``tmp[j] = 0``); without ids nothing is left out (inference on new data).
@@ -424,8 +284,10 @@ class KernelActivation(nn.Module):
             sequence/tensor of length :math:`k` for one bandwidth per output unit.
         kernel: one of :data:`kaf.estimators.KERNELS`.
         learn_bandwidth: learn :math:`\log h` (a parameter) or keep it fixed (a buffer).
-        chunk_size: passed to :func:`~kaf.estimators.nadaraya_watson`; bounds memory to
+        chunk_size: passed to :func:`~kaf.functional.nadaraya_watson`; bounds memory to
             :math:`O(\text{chunk\_size}\cdot m \cdot k)`.
+        device, dtype: of :math:`\log h` (factory keyword arguments); the estimator
+            computes in the dtype of its inputs.
 
     Shape:
         - z: :math:`(n, k)` query indices.
@@ -450,14 +312,17 @@ class KernelActivation(nn.Module):
         kernel: str = "gaussian",
         learn_bandwidth: bool = True,
         chunk_size: Optional[int] = None,
-    ):
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
+        _check_factory_dtype(dtype)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         try:
-            h = torch.as_tensor(bandwidth, dtype=torch.get_default_dtype()).detach().clone()
+            h = torch.as_tensor(bandwidth, dtype=dtype or torch.get_default_dtype()).detach().clone()
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"bandwidth must be a positive number or 1-D sequence of them, got {bandwidth!r}") from None
         if h.dim() > 1 or h.numel() == 0:
@@ -469,10 +334,11 @@ class KernelActivation(nn.Module):
         if not isinstance(learn_bandwidth, bool):
             raise ValueError(f"learn_bandwidth must be True or False, got {learn_bandwidth!r}")
         self.learn_bandwidth = learn_bandwidth
+        log_h = h.log().to(device)
         if self.learn_bandwidth:
-            self.log_bandwidth = nn.Parameter(h.log())
+            self.log_bandwidth = nn.Parameter(log_h)
         else:
-            self.register_buffer("log_bandwidth", h.log())
+            self.register_buffer("log_bandwidth", log_h)
 
     @property
     def bandwidth(self) -> Tensor:
@@ -487,7 +353,7 @@ class KernelActivation(nn.Module):
         query_ids: Optional[Tensor] = None,
         ref_ids: Optional[Tensor] = None,
     ) -> Tensor:
-        return nadaraya_watson(
+        return kf.nadaraya_watson(
             z,
             z_ref,
             y_ref,
@@ -575,6 +441,10 @@ class KernelOutput(nn.Module):
         n_classes: number of classes for integer ``calc_y``.
         reference: ``"calc"`` (the thesis's form: the calc set is the reference set) or
             ``"batch"`` (in training mode the batch is; see above).
+        device, dtype: of the calc set and the bandwidth (factory keyword arguments;
+            the calc set defaults to ``calc_x``'s device and dtype, the bandwidth to
+            the defaults). ``body`` is not moved: it must already compute in the calc
+            set's dtype.
 
     Shape:
         - x: :math:`(N, *)`, same trailing shape as ``calc_x``.
@@ -598,6 +468,10 @@ class KernelOutput(nn.Module):
         torch.Size([16, 3])
     """
 
+    calc_x: Tensor
+    calc_y: Tensor
+    calc_ids: Tensor
+
     def __init__(
         self,
         body: nn.Module,
@@ -611,21 +485,28 @@ class KernelOutput(nn.Module):
         chunk_size: Optional[int] = None,
         n_classes: Optional[int] = None,
         reference: str = "calc",
-    ):
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
+        _check_factory_dtype(dtype)
         if reference not in _REFERENCES:
             raise ValueError(f"reference must be one of {_REFERENCES}, got {reference!r}")
         self.reference = reference
         if not isinstance(body, nn.Module) and not callable(body):
             raise ValueError(f"body must be an nn.Module (or callable) mapping (N, ...) to (N, k), got {type(body).__name__}")
         weight = next((p for p in body.parameters() if p.is_floating_point()), None) if isinstance(body, nn.Module) else None
-        if weight is not None and isinstance(calc_x, Tensor) and calc_x.is_floating_point() and calc_x.dtype != weight.dtype:
-            raise ValueError(f"calc_x must have the dtype of body's parameters ({weight.dtype}), got {calc_x.dtype}")
+        if weight is not None and isinstance(calc_x, Tensor) and calc_x.is_floating_point() and (
+            (dtype or calc_x.dtype) != weight.dtype
+        ):
+            raise ValueError(f"calc_x (or dtype when given) must have the dtype of body's parameters ({weight.dtype}), "
+                             f"got {dtype or calc_x.dtype}")
         self.body = body
         self.activation = KernelActivation(
-            bandwidth=bandwidth, kernel=kernel, learn_bandwidth=learn_bandwidth, chunk_size=chunk_size
+            bandwidth=bandwidth, kernel=kernel, learn_bandwidth=learn_bandwidth, chunk_size=chunk_size,
+            device=device, dtype=dtype,
         )
-        x, y, ids, nc = self._validated_calc(calc_x, calc_y, calc_ids, n_classes, dtype=None, device=None)
+        x, y, ids, nc = self._validated_calc(calc_x, calc_y, calc_ids, n_classes, dtype=dtype, device=device)
         self.n_classes = nc
         self.register_buffer("calc_x", x)
         self.register_buffer("calc_y", y)
@@ -816,12 +697,6 @@ class KernelOutput(nn.Module):
         return f"calc_size={self.calc_size}, n_classes={self.n_classes}, reference={self.reference!r}"
 
 
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__
-
-
 _CALC_POLICIES = ("random", "stratified")
 
 
@@ -924,7 +799,7 @@ def _plain(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def factory(num_parameters: Optional[int] = None, **kwargs) -> nn.Module:
         return cls(**kwargs)
 
-    factory.__signature__ = inspect.Signature(
+    factory.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("num_parameters", inspect.Parameter.KEYWORD_ONLY, default=None)]
         + [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
@@ -1004,7 +879,7 @@ def make_activation(name: str, **kwargs) -> nn.Module:
 
 def _shape_parameters(model: nn.Module) -> List[nn.Parameter]:
     """Parameters that set an activation's shape, found by module type."""
-    found = []
+    found: List[nn.Parameter] = []
     for module in model.modules():
         if isinstance(module, KernelActivation):
             candidates = [module.log_bandwidth]
@@ -1050,7 +925,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     if not _is_finite_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     shape_ids = {id(p) for p in _shape_parameters(model)}
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if id(p) in shape_ids else decay).append(p)
     return [

@@ -26,7 +26,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from kaf.estimators import KERNELS
-from kaf.nn import ACTIVATIONS, KernelActivation, KernelOutput, make_activation
+from kaf.nn import ACTIVATIONS, FluidReLU, KernelActivation, KernelOutput, Swish, make_activation
 
 CHANNELS = 3
 # torch.compile / torch.func import parts of torch that still use torch.jit.script internally
@@ -345,3 +345,42 @@ def test_per_sample_gradients_match_eager(case):
         torch.testing.assert_close(got_x[i], ref[0][0], rtol=1e-10, atol=1e-12)
         for k, r in zip(ps, ref[1:]):
             torch.testing.assert_close(got_params[k][i], r, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- factory keyword arguments
+
+
+def _kaf_module_builders():
+    """Every module class of kaf.nn that creates a parameter or buffer, built with factory kwargs."""
+    calc_x, calc_y = torch.randn(6, 4), torch.tensor([0, 1] * 3)
+    return {
+        "FluidReLU": lambda **kw: FluidReLU(3, init=0.5, **kw),
+        "Swish": lambda **kw: Swish(beta=0.5, learnable=True, **kw),
+        "Swish[fixed]": lambda **kw: Swish(beta=0.5, **kw),
+        "KernelActivation": lambda **kw: KernelActivation(bandwidth=[0.5, 2.0], **kw),
+        "KernelActivation[fixed]": lambda **kw: KernelActivation(learn_bandwidth=False, **kw),
+        "KernelOutput": lambda **kw: KernelOutput(nn.Linear(4, 2, bias=False, **kw), calc_x, calc_y, **kw),
+    }
+
+
+@pytest.mark.parametrize("name", list(_kaf_module_builders()))
+def test_factory_kwargs_place_every_tensor(name):
+    """Like torch.nn's modules: device= and dtype= decide where and in what dtype each tensor the
+    module creates lives (the meta device: nothing is computed or allocated), and the values
+    are those of a default build converted afterwards."""
+    build = _kaf_module_builders()[name]
+    default = build()
+    on_meta = build(device="meta", dtype=torch.float64)
+    in_double = build(dtype=torch.float64)
+    tensors = {key: t for key, t in [*default.named_parameters(), *default.named_buffers()]
+               if not key.startswith("body.")}  # KernelOutput's body is built by the caller
+    assert tensors, "the module creates no tensor"
+    for key, ref in tensors.items():
+        meta = on_meta.get_parameter(key) if key in dict(on_meta.named_parameters()) else on_meta.get_buffer(key)
+        double = in_double.get_parameter(key) if key in dict(in_double.named_parameters()) else in_double.get_buffer(key)
+        assert meta.device.type == "meta" and double.device.type == "cpu"
+        if ref.is_floating_point():
+            assert meta.dtype == double.dtype == torch.float64
+            torch.testing.assert_close(double.float(), ref, rtol=1e-6, atol=0)
+        else:
+            assert torch.equal(double, ref)

@@ -99,7 +99,7 @@ def paired_ci(a, b, level: float = 0.95) -> tuple:
     return mean_ci(a - b, level)
 
 
-def ratio_ci(a, b, level: float = 0.95) -> tuple:
+def ratio_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
     r"""(ratio, low, high): the paired ratio of positive samples a / b and its confidence interval.
 
     With :math:`d_i = \log a_i - \log b_i` over :math:`n \ge 2` pairs, the ratio is the

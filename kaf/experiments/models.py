@@ -124,7 +124,10 @@ class Network(nn.Module):
     given :math:`z` (for K-AF: the kernel regression on the current calc indices).
     """
 
-    def __init__(self, body: nn.Module, output: str, *, kernel_output: nn.Module | None = None,
+    kernel_output: knn.KernelOutput | None
+    activation: nn.Module | None
+
+    def __init__(self, body: nn.Module, output: str, *, kernel_output: knn.KernelOutput | None = None,
                  activation: nn.Module | None = None, affine: nn.Module | None = None):
         super().__init__()
         if (kernel_output is None) == (activation is None):
@@ -148,28 +151,30 @@ class Network(nn.Module):
         For K-AF the calc indices are computed without gradient: the link is the curve
         :math:`z \mapsto G(z)` for the current, fixed reference set.
         """
-        if self.is_kaf:
-            ko = self.kernel_output
+        ko = self.kernel_output
+        if ko is not None:
             with torch.no_grad():
                 z_ref = ko.index(ko.calc_x)
             if ids is None:
                 return ko.activation(z, z_ref, ko.calc_y)
             return ko.activation(z, z_ref, ko.calc_y, ids, ko.calc_ids)
+        assert self.activation is not None  # the constructor sets exactly one of the two
         return self.activation(z)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
         """``targets``: the batch's targets as the network regresses them (used only by a K-AF
         output with ``reference="batch"`` in training mode)."""
-        if self.is_kaf:
+        if self.kernel_output is not None:
             out = self.kernel_output(x, ids, targets)
         else:
+            assert self.activation is not None  # the constructor sets exactly one of the two
             out = self.activation(self.body(x))
         return self.affine(out) if self.affine is not None else out
 
     def bandwidth(self) -> float | None:
         """Mean K-AF bandwidth :math:`h` (``None`` for a fixed output activation)."""
-        if not self.is_kaf:
+        if self.kernel_output is None:
             return None
         return float(self.kernel_output.activation.bandwidth.detach().float().mean().cpu())
 
@@ -220,6 +225,7 @@ def build_network(config, *, n_features: int, n_outputs: int, calc_x=None, calc_
     ``calc_x``, ``calc_y`` (targets as the network regresses them) and ``calc_ids``
     (training-row ids) are required for ``output="kaf"``.
     """
+    body: nn.Module
     if config.model == "cnn":
         body = PaperCNN(config.hidden, grad_scale=config.grad_scale, fluid_variant=config.fluid_variant,
                         fluid_init=config.fluid_init, n_classes=n_outputs)

@@ -22,15 +22,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from kaf.estimators import nadaraya_watson
 from kaf.experiments.config import ExperimentConfig
-from kaf.experiments.train import prepare, run
 from kaf.scale import get_scale, pick
 
 __all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "run_experiment", "run_experiments", "experiment_tasks",
-           "OUTPUTS", "BASELINES", "dataset_defaults", "fit_logistic", "LOGISTIC_TRANSITION"]
+           "OUTPUTS", "BASELINES", "dataset_defaults", "logistic", "fit_logistic", "LOGISTIC_TRANSITION"]
 
 #: fixed output activations the K-AF output is compared with (the thesis's list)
 BASELINES = ("sigmoid", "tanh", "relu", "swish", "mish", "leaky_relu", "elu", "selu")
@@ -188,6 +186,15 @@ def _link_shape(scale):
 LOGISTIC_TRANSITION = (0.05, 0.95)
 
 
+def logistic(x, lo: float, hi: float, c: float, d: float):
+    r"""The 4-parameter logistic :math:`lo + (hi-lo)\,\sigma(c(x-d))` (numpy, elementwise).
+
+    The exponent is clipped to :math:`[-60, 60]`, where :math:`\sigma` is 0 or 1 to double
+    precision, so that no ``exp`` overflows during a fit.
+    """
+    return lo + (hi - lo) / (1.0 + np.exp(-np.clip(c * (np.asarray(x, dtype=float) - d), -60, 60)))
+
+
 def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     r"""Least-squares fit of the 4-parameter logistic :math:`lo + (hi-lo)\,\sigma(c(z-d))` to ``g(z)``.
 
@@ -204,10 +211,6 @@ def fit_logistic(z: np.ndarray, g: np.ndarray) -> dict:
     g = np.asarray(g, dtype=float)
     if z.shape != g.shape or z.ndim != 1 or len(z) < 5:
         raise ValueError(f"z and g must be 1-D of equal length >= 5, got {z.shape} and {g.shape}")
-
-    def logistic(x, lo, hi, c, d):
-        return lo + (hi - lo) / (1.0 + np.exp(-np.clip(c * (x - d), -60, 60)))
-
     sst = float(((g - g.mean()) ** 2).sum())
     slope = np.polyfit(z, g, 1)
     r2_lin = 1.0 - float(((g - np.polyval(slope, z)) ** 2).sum()) / sst if sst > 0 else 1.0
@@ -245,7 +248,6 @@ def _link_shape_post(config, table, net, prep):
         z = net.index(prep.X_train)
         ids = torch.arange(prep.n_train, device=z.device)
         g = net.link(z, ids)
-        z_ref = net.index(net.kernel_output.calc_x)
     z_np, g_np = z.cpu().numpy(), g.cpu().numpy()
     for k in range(z_np.shape[1]):
         fit = fit_logistic(z_np[:, k], g_np[:, k])
@@ -259,12 +261,12 @@ def _link_shape_post(config, table, net, prep):
             zq[:, k] = grid
             with torch.no_grad():
                 link = net.link(zq)[:, k].cpu().numpy()
-            for zi, li in zip(grid.cpu().numpy(), link):
-                fitted = (fit["lo"] + (fit["hi"] - fit["lo"]) / (1 + math.exp(-max(min(fit["c"] * (zi - fit["d"]), 60), -60)))
-                          if fit["fit_ok"] else math.nan)
+            grid_np = grid.cpu().numpy()
+            fitted = (logistic(grid_np, fit["lo"], fit["hi"], fit["c"], fit["d"]) if fit["fit_ok"]
+                      else np.full(len(grid_np), math.nan))
+            for zi, li, fi in zip(grid_np, link, fitted):
                 curves.append(dict(dataset=config.dataset, seed=config.seed, unit=k, z=float(zi), link=float(li),
-                                   logistic=fitted))
-    del z_ref
+                                   logistic=float(fi)))
     return {"fit": pd.DataFrame(fits), "curves": pd.DataFrame(curves)}
 
 

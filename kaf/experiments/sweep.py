@@ -58,7 +58,7 @@ import warnings
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import pandas as pd
 import torch
@@ -174,7 +174,7 @@ class Task:
 def task_digest(task: Task) -> str:
     """Hash (32 hex digits) of everything that defines the task's result besides the code."""
     if task.config is None:
-        payload = dict(experiment=task.experiment, compute=_qualname(task.compute), scale=task.scale)
+        payload: dict = dict(experiment=task.experiment, compute=_qualname(task.compute), scale=task.scale)
     else:
         payload = dict(experiment=task.experiment, config=dataclasses.asdict(task.config), post=_qualname(task.post))
     text = json.dumps(payload, sort_keys=True, default=repr)
@@ -252,7 +252,7 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             if task.config is None:
-                tables = {f"{task.experiment}_{k}": df for k, df in task.compute(task.scale).items()}
+                tables = {f"{task.experiment}_{k}": df for k, df in task.compute(task.scale).items()}  # type: ignore[misc]
             else:
                 config = task.config
                 table, net, prep = run(config, prepared=_prepared(config, cache), return_model=True)
@@ -270,7 +270,7 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
 # ----------------------------------------------------------------------------- files
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` then rename ``tmp`` over ``path``: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a new name in the same folder (the rename stays on one file system), created with the
@@ -320,7 +320,7 @@ class RunCache:
 
     def __init__(self, out: str | Path):
         self.folder = Path(out) / RUNS_FOLDER
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
 
     def path(self, task: Task) -> Path:
         return self.folder / task.experiment / f"{task.digest}{_SUFFIX}"

@@ -496,7 +496,7 @@ def house_verdicts(folder) -> list:
         opts.append(opt)
         means[opt] = k["mean"]
         raw, std = k.loc["raw"], k.loc["standard"]
-        where = dict(optimizer=opt, output="kaf", y_multiplier=1000.0)
+        where: dict = dict(optimizer=opt, output="kaf", y_multiplier=1000.0)
         if raw.n == 0:  # every raw run diverged: infinitely worse
             degrade.append(True)
             c_txt = "raw ÷ standardised = ∞"
@@ -742,7 +742,7 @@ def fluid_analytic_verdicts(folder=None) -> list:
         x = (spread * torch.randn(1, 100_000, generator=gen, dtype=torch.float64)).requires_grad_(True)
         act = FluidReLU(init=0.0).double()
         act(x).sum().backward()
-        ratios.append(float(act.a.grad.abs().sum() / x.grad.abs().sum()))
+        ratios.append(float(act.a.grad.abs().sum() / x.grad.abs().sum()))  # type: ignore[union-attr]
     small = [r < SMALL_GRAD for r in ratios]
     verdict = "holds" if all(small) else ("depends" if any(small) else "fails")
     ev = ", ".join(f"σ = {s:g}: {r:.1e}" for s, r in zip(GRAD_SPREADS, ratios))

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kaf.estimators import nadaraya_watson
+from kaf.functional import fluid_relu, fluid_relu_derivatives, nadaraya_watson
 
 __all__ = [
     "calc_subset",
@@ -142,21 +142,15 @@ def typical_gradient(z, y, h, calc_idx: torch.Tensor):
 def fluid_relu_curves(v, a: float, *, variant: str = "exp"):
     r"""FluidReLU :math:`f(v)`, :math:`\partial f/\partial v` and :math:`\partial f/\partial a` at each v.
 
-    Computed by autograd through :class:`kaf.nn.FluidReLU` (``grad_scale=1``, so the
-    derivative in ``a`` is the raw one, before any β). One channel per point of ``v``
-    (input shape (1, n)) makes the per-channel gradient of ``a`` the pointwise
-    :math:`\partial f(v_i)/\partial a`.
+    From :func:`kaf.functional.fluid_relu` and :func:`kaf.functional.fluid_relu_derivatives`
+    in float64; the derivative in ``a`` is the raw one, point by point (no β, no sum
+    over a channel).
 
     Returns three numpy arrays shaped like ``v`` (1-D).
     """
-    from kaf.nn import FluidReLU
-
     v = torch.as_tensor(v, dtype=torch.float64).flatten()
-    n = v.shape[0]
-    act = FluidReLU(num_parameters=n, init=float(a), variant=variant).double()
-    with torch.no_grad():  # the module stores init in float32; set a exactly in float64
-        act.a.fill_(float(a))
-    x = v.clone().unsqueeze(0).requires_grad_(True)
-    out = act(x)
-    out.sum().backward()
-    return out.detach()[0].numpy(), x.grad[0].numpy(), act.a.grad.detach().numpy()
+    a_t = torch.tensor(float(a), dtype=torch.float64)
+    with torch.no_grad():
+        f = fluid_relu(v, a_t, variant=variant)
+        df_dv, df_da = fluid_relu_derivatives(v, a_t, variant=variant)
+    return f.numpy(), df_dv.numpy(), df_da.numpy()

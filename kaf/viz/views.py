@@ -490,7 +490,7 @@ def fluid_relu_view(*, a: float = 0.0, a_range=(-4.0, 4.0), probe: float = -1.0,
 
     Controls: :math:`a` and a probe point :math:`v`; the read-out gives :math:`f(v)`,
     :math:`\partial f/\partial v` and :math:`\partial f/\partial a` of both variants there
-    (:func:`fluid_relu_curves`, i.e. :class:`kaf.nn.FluidReLU`, for the initial state).
+    (:func:`fluid_relu_curves`, i.e. :func:`kaf.functional.fluid_relu`, for the initial state).
     """
     from bokeh.layouts import column, row
     from bokeh.models import ColumnDataSource, Div, Slider, Span
@@ -500,7 +500,8 @@ def fluid_relu_view(*, a: float = 0.0, a_range=(-4.0, 4.0), probe: float = -1.0,
         raise ValueError(f"need a in a_range={a_range}, probe in v_range={v_range} and v_range around 0; "
                          f"got a={a}, probe={probe}")
     v = np.linspace(lo, hi, n_grid)
-    cols, probe_cols, values, rows = {"v": v}, {"v": [float(probe)]}, {"a": float(a), "v": float(probe)}, []
+    values: dict = {"a": float(a), "v": float(probe)}
+    cols, probe_cols, rows = {"v": v}, {"v": [float(probe)]}, []
     for variant in ("exp", "sigmoid"):
         f, dv, da = fluid_relu_curves(v, a, variant=variant)
         cols.update({f"f_{variant}": f, f"dv_{variant}": dv, f"da_{variant}": da})
@@ -601,7 +602,9 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
     labels = {q: [_QUANTITY_LABELS.get(q, q).format(metric=_metric_name(table[table[panels] == g])) for g in groups]
               for q in quantities}
 
-    figures, sources, renderers = [], [], {str(name): [] for name in names}
+    figures: list = []
+    sources: list = []
+    renderers: dict[str, list] = {str(name): [] for name in names}
     for g in groups:
         sub = table[table[panels] == g]
         p = _figure(str(g), height=260)
