@@ -274,6 +274,9 @@ def backward(a, b, ycen, h, leave_out, oc, lnorm, dmean, g, needs):
 # checks, the kernel's range test, a query left with no reference point) happens inside them,
 # at run time; what the tracer sees is only shapes. Their inputs are those of forward() and
 # backward() above: (k, n) / (k, m) layout, contiguous, without lazy negation, int64 ids.
+# nadaraya_watson calls them while torch.compile or torch.export traces; eager calls keep
+# the direct ctypes call from kaf.estimators._GaussianNW, whose autograd costs less
+# (benchmarks/bench_nw_dispatch.py).
 
 
 def _no_tensor(like: torch.Tensor) -> torch.Tensor:

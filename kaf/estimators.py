@@ -839,7 +839,10 @@ def nadaraya_watson(
     the :math:`n \cdot m \cdot k` pairs and memory :math:`O((n + m)k)` whatever
     ``chunk_size``. Elsewhere (CUDA, other dtypes, double backward, :mod:`torch.func`) and
     with ``KAF_NW_BACKEND=eager`` it runs as torch operations, with the same numbers to
-    rounding; without a compiler it falls back to them with one warning.
+    rounding; without a compiler it falls back to them with one warning. Under
+    :func:`torch.compile` and :func:`torch.export.export` the kernel is the operator
+    ``kaf::nw_forward`` (its gradient ``kaf::nw_backward``), so the graph holds it whole
+    (``fullgraph=True`` works) and its value checks run when the graph runs.
 
     Any finite input gives a finite answer. The Gaussian path checks every value with a
     single device synchronisation; inputs at which its squares or gradient terms could
@@ -853,12 +856,14 @@ def nadaraya_watson(
         z: query indices, shape :math:`(n, k)`.
         z_ref: reference indices, shape :math:`(m, k)`.
         y_ref: reference targets, shape :math:`(m, k)`.
-        h: bandwidth, a positive number or a tensor of shape ``()`` or ``(k,)``
-            (differentiable).
+        h: bandwidth, a positive real number (not a bool or a string) or a real tensor
+            of shape ``()``, ``(1,)`` or ``(k,)`` (differentiable).
         kernel: one of :data:`KERNELS`.
-        query_ids: integer ids of the queries, shape :math:`(n,)`; give together with
-            ``ref_ids``.
-        ref_ids: integer ids of the reference points, shape :math:`(m,)`.
+        query_ids: integer ids of the queries, shape :math:`(n,)`: a tensor or numpy
+            array of any integer dtype, or a sequence of ints (all in
+            :math:`[-2^{63}, 2^{63})`, or all in :math:`[0, 2^{64})`); give together
+            with ``ref_ids``.
+        ref_ids: integer ids of the reference points, shape :math:`(m,)`, as ``query_ids``.
         chunk_size: evaluate at most this many queries at a time, bounding memory to
             :math:`O(\text{chunk\_size} \cdot m \cdot k)` (forward and backward). ``None``
             evaluates all queries at once (fastest; keeps two (n, m, k) tensors for the
@@ -866,12 +871,14 @@ def nadaraya_watson(
             (its memory is :math:`O((n + m)k)`) and ignores it.
 
     Returns:
-        Tensor of shape :math:`(n, k)`, on the device and dtype of ``z``.
+        Tensor of shape :math:`(n, k)`, on the device and dtype of ``z`` (a meta tensor
+        when ``z`` is one: the shape without values).
 
     Raises:
-        ValueError: wrong ranks or mismatched shapes, non-finite values, ``h <= 0``, an
-            empty reference set, ids of the wrong length, an unknown kernel, or a query
-            left with no reference point after exclusion.
+        ValueError: wrong types, ranks or mismatched shapes, sparse tensors, non-finite
+            values, ``h <= 0``, an empty reference set, ids of the wrong length or not
+            integers, an unknown kernel, or a query left with no reference point after
+            exclusion; each message names the argument.
 
     Differentiable with respect to ``z``, ``z_ref``, ``y_ref`` and ``h``. The Gaussian
     path has a hand-written first-order backward; with ``create_graph=True`` its
