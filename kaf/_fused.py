@@ -183,8 +183,6 @@ def applies(a: torch.Tensor) -> bool:
     global _warned
     if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.compiler.is_compiling():  # torch.compile traces the torch-operations path instead
-        return False
     mode = backend()
     if mode == "eager":
         return False
@@ -266,3 +264,98 @@ def backward(a, b, ycen, h, leave_out, oc, lnorm, dmean, g, needs):
        _ptr(lnorm), _ptr(dmean), _ptr(g), _ptr(grad_a), _ptr(grad_b), _ptr(grad_y), _ptr(grad_h),
        torch.get_num_threads())
     return grad_a, grad_b, grad_y, grad_h
+
+
+# --------------------------------------------------------------------------- the torch operator
+#
+# The fused estimator as two operators the dispatcher sees, kaf::nw_forward and
+# kaf::nw_backward, so that torch.compile, torch.export and opcheck keep the call in the graph
+# instead of stepping around an opaque ctypes call. Everything data-dependent (the value
+# checks, the kernel's range test, a query left with no reference point) happens inside them,
+# at run time; what the tracer sees is only shapes. Their inputs are those of forward() and
+# backward() above: (k, n) / (k, m) layout, contiguous, without lazy negation, int64 ids.
+# nadaraya_watson calls them while torch.compile or torch.export traces; eager calls keep
+# the direct ctypes call from kaf.estimators._GaussianNW, whose autograd costs less
+# (benchmarks/bench_nw_dispatch.py).
+
+
+def _no_tensor(like: torch.Tensor) -> torch.Tensor:
+    """An empty tensor standing for an output that was not asked for (an operator returns tensors)."""
+    return like.new_empty((0,))
+
+
+@torch.library.custom_op("kaf::nw_forward", mutates_args=(), device_types="cpu")
+def nw_forward(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, h: torch.Tensor, query_ids: Optional[torch.Tensor],
+               ref_ids: Optional[torch.Tensor], same: bool, need_ab: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Gaussian estimator's forward: ``(out, oc, lnorm, dmean, ycen, safe)`` as in :func:`forward`
+    (``dmean`` empty without ``need_ab``). ``safe`` (a 0-d bool) is true where the input lies outside
+    the kernel's range and the estimator's overflow-safe float64 path computed ``out`` (the other
+    outputs are then zeros); invalid input raises ``ValueError`` here."""
+    status, bad, out, oc, lnorm, dmean, ycen = forward(a, b, y, h, excluded(query_ids, ref_ids), same, need_ab)
+    if status == 0:
+        return out, oc, lnorm, (_no_tensor(a) if dmean is None else dmean), ycen, torch.zeros((), dtype=torch.bool)
+    from kaf import estimators  # the estimator's own checks and overflow-safe path (it imports this module)
+
+    if status == 2:
+        raise estimators._no_reference_left(bad)
+    leave_out = estimators._LeaveOut(query_ids, ref_ids)
+    estimators._diagnose(a, b, y, h, leave_out)  # raises on invalid input
+    out = estimators._safe_forward(a, b, y, h, leave_out, None)
+    oc.zero_(), lnorm.zero_(), ycen.zero_()
+    return out, oc, lnorm, (_no_tensor(a) if dmean is None else dmean.zero_()), ycen, torch.ones((), dtype=torch.bool)
+
+
+@nw_forward.register_fake
+def _(a, b, y, h, query_ids, ref_ids, same, need_ab):
+    k, n = a.shape
+    return (a.new_empty((k, n)), a.new_empty((k, n)), a.new_empty((k, n)),
+            a.new_empty((2, k, n)) if need_ab else _no_tensor(a), y.new_empty(y.shape),
+            a.new_empty((), dtype=torch.bool))
+
+
+@torch.library.custom_op("kaf::nw_backward", mutates_args=(), device_types="cpu")
+def nw_backward(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, h: torch.Tensor, query_ids: Optional[torch.Tensor],
+                ref_ids: Optional[torch.Tensor], out: torch.Tensor, oc: torch.Tensor, lnorm: torch.Tensor,
+                dmean: torch.Tensor, ycen: torch.Tensor, safe: torch.Tensor, grad: torch.Tensor, needs: list[bool]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-order gradients ``(grad_a, grad_b, grad_y, grad_h)`` of :func:`nw_forward`'s ``out`` for
+    the upstream gradient ``grad`` (k, n); an empty tensor where ``needs`` (four booleans) says not needed."""
+    grad = grad.contiguous()
+    if bool(safe):
+        from kaf import estimators
+
+        grads = estimators._safe_backward(a, b, y, h, out, grad, estimators._LeaveOut(query_ids, ref_ids), None,
+                                          needs)
+    else:
+        grads = backward(a, b, ycen, h, excluded(query_ids, ref_ids), oc, lnorm, dmean if dmean.numel() else None,
+                         grad, needs)
+    ga, gb, gy, gh = (_no_tensor(t) if g is None else g for g, t in zip(grads, (a, b, y, h)))
+    return ga, gb, gy, gh
+
+
+@nw_backward.register_fake
+def _(a, b, y, h, query_ids, ref_ids, out, oc, lnorm, dmean, ycen, safe, grad, needs):
+    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip((a, b, y, h), needs))
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, y, h, query_ids, ref_ids, same, need_ab = inputs
+    out, oc, lnorm, dmean, ycen, safe = output
+    ctx.same = same
+    ctx.save_for_backward(a, b, y, h, query_ids, ref_ids, out, oc, lnorm, dmean, ycen, safe)
+
+
+def _backward(ctx, grad, *_):
+    a, b, y, h, query_ids, ref_ids, out, oc, lnorm, dmean, ycen, safe = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:4])
+    if torch.is_grad_enabled():  # create_graph=True: gradients as plain operations, differentiable again
+        from kaf import estimators
+
+        return estimators._dense_gradients(a, b, y, h, estimators._LeaveOut(query_ids, ref_ids).dense(), ctx.same,
+                                           bool(safe), grad, needs) + (None,) * 4
+    grads = nw_backward(a, b, y, h, query_ids, ref_ids, out, oc, lnorm, dmean, ycen, safe, grad, needs)
+    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+
+
+nw_forward.register_autograd(_backward, setup_context=_setup_context)

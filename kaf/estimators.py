@@ -24,6 +24,7 @@ import operator
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
@@ -52,10 +53,18 @@ KERNELS = ("gaussian", "epanechnikov", "triangular", "uniform")
 # --------------------------------------------------------------------------- validation
 
 
+def _dense(name: str, x: torch.Tensor) -> None:
+    """A tensor the estimators can read element by element: strided (not sparse, mkldnn or nested)."""
+    if x.layout != torch.strided or x.is_nested:
+        what = "nested" if x.is_nested else str(x.layout)
+        raise ValueError(f"{name} must be a dense (strided) tensor, got a {what} tensor (call .to_dense() first)")
+
+
 def _check_tensor(name: str, x, ndim: int, finite: bool = True) -> torch.Tensor:
-    """Type, rank and dtype checks; with ``finite`` also the values (one device synchronisation)."""
+    """Type, layout, rank and dtype checks; with ``finite`` also the values (one device synchronisation)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _dense(name, x)
     if x.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -65,36 +74,108 @@ def _check_tensor(name: str, x, ndim: int, finite: bool = True) -> torch.Tensor:
     return x
 
 
-def _check_ids(name: str, ids, length: int, length_name: str, device) -> torch.Tensor:
+def _same_device(name: str, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; a meta tensor (shapes without values) cannot be moved to a real device."""
+    if x.device == device:
+        return x
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no values) while z is on {device}: give it on {device}")
+    return x.to(device=device)
+
+
+_ID_RANGE = "integers in [-2**63, 2**63), or all in [0, 2**64)"
+
+
+def _id_tensor(name: str, ids, length: int, length_name: str) -> torch.Tensor:
+    """``ids`` as a 1-D integer tensor of ``length`` (torch, numpy or a sequence of Python ints).
+    Sequences with no element are int64 (``torch.as_tensor([])`` would be float); ints at and
+    above 2**63 become uint64."""
     if not isinstance(ids, torch.Tensor):
-        ids = torch.as_tensor(ids)
+        array = None
+        if isinstance(ids, np.ndarray):
+            array = ids
+        elif not isinstance(ids, (str, bytes)) and hasattr(ids, "__len__"):
+            items = list(ids)
+            if not items:
+                array = np.zeros(0, dtype=np.int64)
+            elif all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)) for i in items):
+                lo, hi = min(items), max(items)
+                if lo < -(2**63) or hi >= 2**64 or (lo < 0 and hi >= 2**63):
+                    raise ValueError(f"{name} must hold {_ID_RANGE}, got ids from {lo} to {hi}")
+                array = np.array(items, dtype=np.uint64 if hi >= 2**63 else np.int64)
+            else:
+                bad = next(i for i in items if not isinstance(i, numbers.Integral) or isinstance(i, (bool, np.bool_)))
+                raise ValueError(f"{name} must hold integer ids, got an element {bad!r} of type {type(bad).__name__}")
+        if array is None:
+            raise ValueError(f"{name} must be a 1-D tensor, array or sequence of integer ids, got {type(ids).__name__}")
+        if array.size == 0:
+            array = array.astype(np.int64)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer ids, got numpy dtype {array.dtype}")
+        ids = torch.from_numpy(np.ascontiguousarray(array))
+    _dense(name, ids)
     if ids.dim() != 1 or ids.shape[0] != length:
         raise ValueError(
             f"{name} must be a 1-D tensor of length {length} ({length_name}), got shape {tuple(ids.shape)}"
         )
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer ids, got dtype {ids.dtype}")
-    return ids if ids.device == torch.device(device) else ids.to(device=device)
+    return ids
 
 
-def _int64(ids: torch.Tensor) -> torch.Tensor:
-    """``ids`` as a contiguous int64 tensor (itself when it already is one)."""
-    return ids if ids.dtype == torch.int64 and ids.is_contiguous() else ids.to(torch.int64).contiguous()
+def _as_int64(ids: torch.Tensor) -> torch.Tensor:
+    """Contiguous int64 ids with the same equalities, negation resolved: uint64 bit patterns
+    reinterpreted (a bijection on [0, 2**64) when no id is negative), other integer types converted."""
+    if ids.dtype == torch.uint64:
+        ids = ids.contiguous().view(torch.int64)
+    elif ids.dtype != torch.int64:
+        ids = ids.to(torch.int64)
+    return ids.resolve_neg().contiguous()
+
+
+def _check_id_pair(query_ids, ref_ids, n: int, m: int, device):
+    """The leave-one-out ids as contiguous int64 tensors on ``device`` (one tensor when one is given twice).
+
+    Both lists map to int64 by one rule that keeps every equality between them: uint64
+    ids are reinterpreted bit for bit, which is exact unless the other list holds negative
+    ids while this one holds ids >= 2**63 (then no single 64-bit type holds both: an error)."""
+    same = query_ids is ref_ids and n == m
+    q = _id_tensor("query_ids", query_ids, n, "n, the number of queries")
+    r = q if same else _id_tensor("ref_ids", ref_ids, m, "m, the number of reference points")
+    if not same and (q.dtype == torch.uint64) != (r.dtype == torch.uint64):
+        big, other = (("query_ids", q), ("ref_ids", r)) if q.dtype == torch.uint64 else (("ref_ids", r), ("query_ids", q))
+        if bool((big[1].view(torch.int64) < 0).any()) and bool((other[1] < 0).any()):
+            raise ValueError(f"{big[0]} holds ids >= 2**63 while {other[0]} holds negative ids: "
+                             f"ids must be {_ID_RANGE}")
+    q = _as_int64(_same_device("query_ids", q, device))
+    r = q if same else _as_int64(_same_device("ref_ids", r, device))
+    return q, r
 
 
 def _bandwidth_tensor(h, k: int, like: torch.Tensor) -> torch.Tensor:
-    """The bandwidth as a (k,) tensor on ``like``'s device and dtype (keeps autograd); shape checks only."""
+    """The bandwidth as a (k,) tensor on ``like``'s device and dtype, without lazy negation
+    (keeps autograd). Shape and type checks, and the value of a plain number: a tensor's
+    values are checked where the caller reads them."""
+    if isinstance(h, np.ndarray) and h.dtype.kind in "iuf":
+        h = torch.from_numpy(h)
     if isinstance(h, torch.Tensor):
+        _dense("h", h)
         if h.dim() > 1 or (h.dim() == 1 and h.shape[0] not in (1, k)):
             raise ValueError(f"h must be a scalar or a tensor of shape ({k},), got shape {tuple(h.shape)}")
-        if h.is_complex():
-            raise ValueError(f"h must be a real number or tensor, got dtype {h.dtype}")
-        h_t = h if h.device == like.device and h.dtype == like.dtype else h.to(device=like.device, dtype=like.dtype)
+        if h.is_complex() or h.dtype == torch.bool:
+            raise ValueError(f"h must be a positive number or a real tensor, got dtype {h.dtype}")
+        h_t = h if h.dtype == like.dtype else h.to(dtype=like.dtype)
+        h_t = _same_device("h", h_t, like.device).resolve_neg()
+    elif isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Real):
+        raise ValueError(f"h must be a positive number or tensor, got {h!r} of type {type(h).__name__}")
     else:
         try:
-            h_t = torch.tensor(float(h), device=like.device, dtype=like.dtype)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"h must be a positive number or tensor, got {h!r}") from None
+            value = float(h)
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"h must be finite and > 0, got {h!r}")
+        h_t = torch.tensor(value, device=like.device, dtype=like.dtype)
     return h_t.expand(k) if h_t.dim() == 0 or h_t.shape[0] == 1 else h_t
 
 
@@ -551,13 +632,8 @@ class _GaussianNW(torch.autograd.Function):
     def _fused_forward(ctx, a, b, y, h, need_ab, same) -> Optional[torch.Tensor]:
         """The forward in the fused CPU kernel (:mod:`kaf._fused`): the output, or None if the
         input is outside the kernel's range (then nothing is computed)."""
-        query_ids, ref_ids = ctx.ids
-        if query_ids is not None:
-            same_ids = ref_ids is query_ids
-            query_ids = _int64(query_ids)
-            ref_ids = query_ids if same_ids else _int64(ref_ids)
-        leave_out = _fused.excluded(query_ids, ref_ids)
-        status, bad, out, oc, lnorm, dmean, ycen = _fused.forward(a, b, y, h.contiguous(), leave_out, same, need_ab)
+        leave_out = _fused.excluded(*ctx.ids)  # ids: contiguous int64 (_nw_inputs)
+        status, bad, out, oc, lnorm, dmean, ycen = _fused.forward(a, b, y, h, leave_out, same, need_ab)
         if status == 2:
             raise _no_reference_left(bad)
         if status != 0:
@@ -607,7 +683,7 @@ class _GaussianNW(torch.autograd.Function):
             return _GaussianNW._differentiable_backward(ctx, a, b, y, h, grad_out) + (None,) * 6
         if ctx.fused:
             lnorm, dmean, ycen = ctx.saved_tensors[6:]
-            grads = _fused.backward(a, b, ycen, h.contiguous(), ctx.fused_leave_out, oc, lnorm, dmean,
+            grads = _fused.backward(a, b, ycen, h, ctx.fused_leave_out, oc, lnorm, dmean,
                                     grad_out.contiguous(), needs)
             return grads + (None,) * 6
         if ctx.safe:
@@ -653,25 +729,29 @@ class _GaussianNW(torch.autograd.Function):
 
     @staticmethod
     def _differentiable_backward(ctx, a, b, y, h, grad_out):
-        """Gradients as a graph of plain operations (so they can be differentiated again)."""
-        if ctx.safe:
-            raise ValueError(
-                "double backward through nadaraya_watson is not supported for these inputs: their scaled "
-                "index range (max - min)/h, or the targets, are too large for the plain formula without "
-                "overflow (first-order gradients are fine)"
-            )
-        roles = [(a, ctx.needs_input_grad[0] or (ctx.same and ctx.needs_input_grad[1])),
-                 (b, ctx.needs_input_grad[1] and not ctx.same), (y, ctx.needs_input_grad[2]),
-                 (h, ctx.needs_input_grad[3])]
-        wanted = [t for t, need in roles if need]
-        with torch.enable_grad():
-            leave_out = ctx.leave_out if ctx.leave_out is not None else _LeaveOut(*ctx.ids)
-            out = _nw_dense(a, a if ctx.same else b, y, h, leave_out.dense())
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
-        result = tuple(next(grads) if need else None for _, need in roles)
-        if ctx.same:  # a and b are one tensor: its whole gradient is returned once
-            result = (result[0], None) + result[2:]
-        return result
+        leave_out = ctx.leave_out if ctx.leave_out is not None else _LeaveOut(*ctx.ids)
+        return _dense_gradients(a, b, y, h, leave_out.dense(), ctx.same, ctx.safe, grad_out, ctx.needs_input_grad)
+
+
+def _dense_gradients(a, b, y, h, mask, same: bool, safe: bool, grad_out, needs) -> tuple:
+    """Gradients ``(a, b, y, h)`` of the Gaussian estimator as a graph of plain operations
+    (:func:`_nw_dense`), so that they can be differentiated again: the backward of both the
+    torch-operations path and the fused operator with ``create_graph=True``."""
+    if safe:
+        raise ValueError(
+            "double backward through nadaraya_watson is not supported for these inputs: their scaled "
+            "index range (max - min)/h, or the targets, are too large for the plain formula without "
+            "overflow (first-order gradients are fine)"
+        )
+    roles = [(a, needs[0] or (same and needs[1])), (b, needs[1] and not same), (y, needs[2]), (h, needs[3])]
+    wanted = [t for t, need in roles if need]
+    with torch.enable_grad():
+        out = _nw_dense(a, a if same else b, y, h, mask)
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = tuple(next(grads) if need else None for _, need in roles)
+    if same:  # a and b are one tensor: its whole gradient is returned once
+        result = (result[0], None) + result[2:]
+    return result
 
 
 # --------------------------------------------------------------------------- compact kernels
@@ -759,7 +839,10 @@ def nadaraya_watson(
     the :math:`n \cdot m \cdot k` pairs and memory :math:`O((n + m)k)` whatever
     ``chunk_size``. Elsewhere (CUDA, other dtypes, double backward, :mod:`torch.func`) and
     with ``KAF_NW_BACKEND=eager`` it runs as torch operations, with the same numbers to
-    rounding; without a compiler it falls back to them with one warning.
+    rounding; without a compiler it falls back to them with one warning. Under
+    :func:`torch.compile` and :func:`torch.export.export` the kernel is the operator
+    ``kaf::nw_forward`` (its gradient ``kaf::nw_backward``), so the graph holds it whole
+    (``fullgraph=True`` works) and its value checks run when the graph runs.
 
     Any finite input gives a finite answer. The Gaussian path checks every value with a
     single device synchronisation; inputs at which its squares or gradient terms could
@@ -773,12 +856,14 @@ def nadaraya_watson(
         z: query indices, shape :math:`(n, k)`.
         z_ref: reference indices, shape :math:`(m, k)`.
         y_ref: reference targets, shape :math:`(m, k)`.
-        h: bandwidth, a positive number or a tensor of shape ``()`` or ``(k,)``
-            (differentiable).
+        h: bandwidth, a positive real number (not a bool or a string) or a real tensor
+            of shape ``()``, ``(1,)`` or ``(k,)`` (differentiable).
         kernel: one of :data:`KERNELS`.
-        query_ids: integer ids of the queries, shape :math:`(n,)`; give together with
-            ``ref_ids``.
-        ref_ids: integer ids of the reference points, shape :math:`(m,)`.
+        query_ids: integer ids of the queries, shape :math:`(n,)`: a tensor or numpy
+            array of any integer dtype, or a sequence of ints (all in
+            :math:`[-2^{63}, 2^{63})`, or all in :math:`[0, 2^{64})`); give together
+            with ``ref_ids``.
+        ref_ids: integer ids of the reference points, shape :math:`(m,)`, as ``query_ids``.
         chunk_size: evaluate at most this many queries at a time, bounding memory to
             :math:`O(\text{chunk\_size} \cdot m \cdot k)` (forward and backward). ``None``
             evaluates all queries at once (fastest; keeps two (n, m, k) tensors for the
@@ -786,12 +871,14 @@ def nadaraya_watson(
             (its memory is :math:`O((n + m)k)`) and ignores it.
 
     Returns:
-        Tensor of shape :math:`(n, k)`, on the device and dtype of ``z``.
+        Tensor of shape :math:`(n, k)`, on the device and dtype of ``z`` (a meta tensor
+        when ``z`` is one: the shape without values).
 
     Raises:
-        ValueError: wrong ranks or mismatched shapes, non-finite values, ``h <= 0``, an
-            empty reference set, ids of the wrong length, an unknown kernel, or a query
-            left with no reference point after exclusion.
+        ValueError: wrong types, ranks or mismatched shapes, sparse tensors, non-finite
+            values, ``h <= 0``, an empty reference set, ids of the wrong length or not
+            integers, an unknown kernel, or a query left with no reference point after
+            exclusion; each message names the argument.
 
     Differentiable with respect to ``z``, ``z_ref``, ``y_ref`` and ``h``. The Gaussian
     path has a hand-written first-order backward; with ``create_graph=True`` its
@@ -811,9 +898,67 @@ def nadaraya_watson(
         >>> round(out.item(), 3)
         0.5
     """
-    z = _check_tensor("z", z, 2, finite=False)
-    z_ref = _check_tensor("z_ref", z_ref, 2, finite=False)
-    y_ref = _check_tensor("y_ref", y_ref, 2, finite=False)
+    z, z_ref, y_ref, h_t, query_ids, ref_ids = _nw_inputs(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size)
+    n, k = z.shape
+    same = z_ref is z
+    # torch.func transforms, forward-mode AD and meta tensors (shapes without values) get the
+    # plain differentiable formula: no value can be read there, so none is checked
+    symbolic = (torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+                or z.device.type == "meta")
+
+    if kernel != "gaussian" or n == 0 or k == 0:
+        if not symbolic:
+            for name, t in (("z", z), ("z_ref", z_ref), ("y_ref", y_ref)):
+                _check_tensor(name, t, 2)
+            _check_bandwidth(h_t)
+        if n == 0 or k == 0:
+            return z.new_zeros((n, k)) + 0 * h_t.sum()
+        return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size, check=not symbolic)
+
+    dtype = z.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # computed in float32
+        z, y_ref, h_t = z.float(), y_ref.float(), h_t.float()
+        z_ref = z if same else z_ref.float()
+    a = z.t().contiguous()
+    b = a if same else z_ref.t().contiguous()
+    y = y_ref.t().contiguous()
+    h_t = h_t.contiguous()
+    if symbolic:
+        mask = None if query_ids is None or ref_ids is None else query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
+        out = _nw_dense(a, b, y, h_t, mask)
+    else:
+        grad = torch.is_grad_enabled()
+        need_ab = grad and (z.requires_grad or z_ref.requires_grad or h_t.requires_grad)
+        need_y = grad and y_ref.requires_grad
+        if torch.compiler.is_compiling() and _fused_applies(a):
+            # torch.compile and torch.export: the kernel as an operator the graph holds (its
+            # data-dependent checks run inside it). Eager calls reach the same kernel through
+            # _GaussianNW's ctypes call, which costs less (benchmarks/bench_nw_dispatch.py).
+            out = _fused.nw_forward(a, b, y, h_t, query_ids, ref_ids, same, need_ab)[0]
+        else:
+            out = _GaussianNW.apply(a, b, y, h_t, query_ids, ref_ids, chunk_size, need_ab, need_y, same)
+    out = out.t()
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+#: whether the fused kernel computes a call (:func:`kaf._fused.applies`); torch.compile calls it
+#: while tracing and keeps its answer in the compiled graph instead of tracing into its build,
+#: lock and environment (so a compiled function keeps the backend it was compiled with)
+_fused_applies = torch.compiler.assume_constant_result(_fused.applies)
+
+
+def _nw_inputs(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size):
+    """The one normalisation in front of every path of :func:`nadaraya_watson` (fused kernel,
+    torch operations, plain formula): each argument's type, layout, rank, shape, dtype and
+    device checked, naming the argument; lazy negation resolved (the kernel reads raw memory,
+    and a view such as ``x.conj().imag`` shows -x over the memory of x; the conjugate bit
+    exists only on complex tensors, which are refused); the bandwidth a (k,) tensor of z's
+    dtype; ids contiguous int64 on z's device. Values are checked later, where each path
+    reads them (one synchronisation). ``z_ref is z`` stays true when it was."""
+    same = z_ref is z
+    z = _check_tensor("z", z, 2, finite=False).resolve_neg()
+    z_ref = z if same else _check_tensor("z_ref", z_ref, 2, finite=False).resolve_neg()
+    y_ref = _check_tensor("y_ref", y_ref, 2, finite=False).resolve_neg()
     n, k = z.shape
     m = z_ref.shape[0]
     if m == 0:
@@ -826,48 +971,15 @@ def nadaraya_watson(
         raise ValueError(f"z, z_ref and y_ref must share one dtype, got {z.dtype}, {z_ref.dtype}, {y_ref.dtype}")
     if z_ref.device != z.device or y_ref.device != z.device:
         raise ValueError(f"z, z_ref and y_ref must be on one device, got {z.device}, {z_ref.device}, {y_ref.device}")
-    if kernel not in KERNELS:
+    if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if (query_ids is None) != (ref_ids is None):
         raise ValueError("query_ids and ref_ids must be given together (leave-one-out needs both), got only one")
     if query_ids is not None:
-        same_ids = query_ids is ref_ids
-        query_ids = _check_ids("query_ids", query_ids, n, "n, the number of queries", z.device)
-        ref_ids = query_ids if same_ids and n == m else _check_ids(
-            "ref_ids", ref_ids, m, "m, the number of reference points", z.device)
-    h_t = _bandwidth_tensor(h, k, z)
-    # torch.func transforms and forward-mode AD get the plain differentiable formula
-    transformed = torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
-
-    if kernel != "gaussian" or n == 0:
-        if not transformed:
-            for name, t in (("z", z), ("z_ref", z_ref), ("y_ref", y_ref)):
-                _check_tensor(name, t, 2)
-            _check_bandwidth(h_t)
-        if n == 0:
-            return z.new_zeros((0, k)) + 0 * h_t.sum()
-        return _compact_nw(z, z_ref, y_ref, h_t, kernel, query_ids, ref_ids, chunk_size, check=not transformed)
-
-    dtype = z.dtype
-    same = z_ref is z
-    if dtype in (torch.float16, torch.bfloat16):  # computed in float32
-        z, y_ref, h_t = z.float(), y_ref.float(), h_t.float()
-        z_ref = z if same else z_ref.float()
-    a = z.t().contiguous()
-    b = a if same else z_ref.t().contiguous()
-    y = y_ref.t().contiguous()
-    if transformed:
-        mask = None if query_ids is None or ref_ids is None else query_ids.unsqueeze(1) == ref_ids.unsqueeze(0)
-        out = _nw_dense(a, b, y, h_t, mask)
-    else:
-        grad = torch.is_grad_enabled()
-        need_ab = grad and (z.requires_grad or z_ref.requires_grad or h_t.requires_grad)
-        need_y = grad and y_ref.requires_grad
-        out = _GaussianNW.apply(a, b, y, h_t, query_ids, ref_ids, chunk_size, need_ab, need_y, same)
-    out = out.t()
-    return out if out.dtype == dtype else out.to(dtype)
+        query_ids, ref_ids = _check_id_pair(query_ids, ref_ids, n, m, z.device)
+    return z, z_ref, y_ref, _bandwidth_tensor(h, k, z), query_ids, ref_ids
 
 
 # --------------------------------------------------------------------------- bandwidths
