@@ -492,3 +492,40 @@ def test_the_scale_note_shows_in_a_quick_build_only():
     assert "quick scale" in note._repr_html_() and "Here: 300 points &amp; less." in note.html
     assert "KAF_SCALE=full" in note.html
     assert viz.scale_note("Here: 300 points.", scale="full") is None
+
+
+# --------------------------------------------------------------------------- legible figures
+
+
+@pytest.mark.parametrize("draw", [
+    lambda a, p: p.summary_bars(a.load("baselines")),
+    lambda a, p: p.curves(a.load("likelihood"), y="test_metric", hue="loss"),
+    lambda a, p: p.link_shape(a.load("link_shape_curves"), a.load("link_shape_fit"), "mnist"),
+    lambda a, p: p.singular(a.load("singular")),
+    lambda a, p: p.house_scale(a.load("house_scale")),
+    lambda a, p: p.lr_sweep(a.load("lr_sweep")),
+    lambda a, p: p.fluid_a(a.load("fluid_relu_a")),
+], ids=["summary_bars", "curves", "link_shape", "singular", "house_scale", "lr_sweep", "fluid_a"])
+def test_experiment_figures_are_legible_at_the_column_width(draw):
+    from kaf.experiments import analysis, plots
+
+    fig = draw(analysis, plots)
+    try:
+        assert fig.get_size_inches()[0] <= plots.COLUMN_INCHES + 1e-9
+        assert plots.min_text_px(fig) >= 9.0
+    finally:
+        plt.close(fig)
+
+
+def test_min_text_px_measures_the_shrunk_text_of_a_wide_figure():
+    from kaf.experiments import plots
+
+    fig, ax = plt.subplots(figsize=(14.4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=8)
+    ax.set_title("t", fontsize=20)
+    # 8 pt at 100 dpi is 11.1 px; the PNG, cropped to its content (about 1150 of the figure's
+    # 1440 px), is shown 720 px wide: the labels shrink to about 7 px
+    assert 6.0 < plots.min_text_px(fig, column_px=720) < 8.0
+    assert plots.min_text_px(fig, column_px=5000) == pytest.approx(8 * 100 / 72)
+    plt.close(fig)
