@@ -505,7 +505,8 @@ def test_the_scale_note_shows_in_a_quick_build_only():
     lambda a, p: p.house_scale(a.load("house_scale")),
     lambda a, p: p.lr_sweep(a.load("lr_sweep")),
     lambda a, p: p.fluid_a(a.load("fluid_relu_a")),
-], ids=["summary_bars", "curves", "link_shape", "singular", "house_scale", "lr_sweep", "fluid_a"])
+    lambda a, p: viz.plot_activations(),
+], ids=["summary_bars", "curves", "link_shape", "singular", "house_scale", "lr_sweep", "fluid_a", "activations"])
 def test_experiment_figures_are_legible_at_the_column_width(draw):
     from kaf.experiments import analysis, plots
 
