@@ -56,6 +56,7 @@ _CSS = """
 .kaf-verdicts td.kaf-v .kaf-chip { white-space: normal; max-width: 9em; text-align: center; }
 .kaf-verdicts summary { cursor: pointer; }
 .kaf-verdicts .kaf-id { color: #57606a; font-size: 0.85em; white-space: nowrap; }
+.kaf-verdicts .kaf-caption { color: #57606a; font-size: 0.85em; caption-side: top; text-align: left; }
 .kaf-verdicts .kaf-evidence { margin: 0.3em 0 0.2em; font-size: 0.92em; overflow-wrap: anywhere; }
 .kaf-verdicts .kaf-depth-1 details { margin-left: 1.2em; }
 .kaf-verdicts .kaf-depth-2 details { margin-left: 2.4em; }
@@ -202,7 +203,7 @@ def verdict_table(table, *, page: str = "book/intro", anchors: Optional[Mapping[
     return Fragment(f'<div class="kaf-verdicts"><style>{_CSS}</style>'
             f'<ul class="kaf-counts" aria-label="verdict counts over {total} claims">'
             f"<li><strong>{total} claims</strong></li>{count_items}</ul>"
-            f"<table><caption class=\"kaf-id\">Each claim opens onto its evidence; each verdict links to the "
+            f"<table><caption class=\"kaf-caption\">Each claim opens onto its evidence; each verdict links to the "
             f"chapter section that measures it.</caption>"
             f'<thead><tr><th scope="col">verdict</th><th scope="col">claim</th></tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
