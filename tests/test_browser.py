@@ -5,7 +5,8 @@ Loads the pages from ``_build/html`` (build the book first; see README), and che
 * no page of the book requests anything outside ``file://`` or logs a JavaScript error;
 * every page reads well at 1280 px (a laptop) and at 390 px (a phone): no display
   equation wider than the text column at 1280 px (on a phone it may scroll in its own
-  box, never be clipped), no sideways scrolling, none of nbval's markers in the text, and
+  box, never be clipped), no figure shrunk below 80 % at 1280 px (with text of at least
+  9 pt, ``tests/test_viz.py``, its labels stay above 9 px), no sideways scrolling, none of nbval's markers in the text, and
   no serious or critical axe-core violation of the WCAG 2 A/AA rules;
 * every chapter page weighs at most 1 MB; the introduction's verdict overview is compact
   and links each verdict to a section that exists; the offline search runs without errors;
@@ -216,6 +217,13 @@ def test_page_reads_well_on_a_laptop_and_a_phone(browser, relative, width):  # i
     overflow = page.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     if overflow > 0:
         problems.append(f"the page scrolls sideways by {overflow} px")
+    if width > 1000:  # figures drawn for the column (kaf.experiments.plots): at most slightly shrunk
+        shrunk = page.page.evaluate(
+            "() => [...document.querySelectorAll('.cell_output img')].filter((i) => i.naturalWidth > 0)"
+            ".map((i) => [i.getBoundingClientRect().width / i.naturalWidth, i.src.split('/').pop()])"
+            ".filter(([scale]) => scale < 0.8)")
+        if shrunk:
+            problems.append(f"figures shown below 80 % of their size, their text below 9 px: {shrunk}")
     if "NBVAL" in page.page.evaluate("() => document.body.textContent"):
         problems.append("nbval's markers in the text (use cell tags)")
     problems += _axe_serious(page.page)

@@ -526,7 +526,7 @@ def test_min_text_px_measures_the_shrunk_text_of_a_wide_figure():
     ax.tick_params(labelsize=8)
     ax.set_title("t", fontsize=20)
     # 8 pt at 100 dpi is 11.1 px; the PNG, cropped to its content (about 1150 of the figure's
-    # 1440 px), is shown 720 px wide: the labels shrink to about 7 px
-    assert 6.0 < plots.min_text_px(fig, column_px=720) < 8.0
+    # 1440 px), is shown 688 px wide: the labels shrink to about 7 px
+    assert 6.0 < plots.min_text_px(fig, column_px=688) < 8.0
     assert plots.min_text_px(fig, column_px=5000) == pytest.approx(8 * 100 / 72)
     plt.close(fig)

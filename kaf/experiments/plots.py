@@ -28,8 +28,9 @@ OUTPUT_COLORS = {"kaf": "C3", "sigmoid": "C0", "tanh": "C1", "relu": "C2", "swis
                  "leaky_relu": "C6", "elu": "C7", "selu": "C8", "identity": "C9"}
 
 
-#: Width of the book's text column at a 1280-pixel window, in CSS pixels (sphinx-book-theme).
-COLUMN_PX = 720
+#: Width at which a figure is shown in the book at a 1280-pixel window, in CSS pixels
+#: (sphinx-book-theme's text column, measured in Chromium).
+COLUMN_PX = 688
 #: Widest figure, in inches: at matplotlib's 100 dpi it fills the column without shrinking much.
 COLUMN_INCHES = 7.4
 #: Smallest font size used, in points (12.5 px at 100 dpi, unshrunk).
