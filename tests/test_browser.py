@@ -3,10 +3,17 @@
 Loads the pages from ``_build/html`` (build the book first; see README), and checks that
 
 * no page of the book requests anything outside ``file://`` or logs a JavaScript error;
-* every chapter page weighs at most 1 MB;
+* every page reads well at 1280 px (a laptop) and at 390 px (a phone): no display
+  equation wider than the text column at 1280 px (on a phone it may scroll in its own
+  box, never be clipped), no figure shrunk below 80 % at 1280 px (with text of at least
+  9 pt, ``tests/test_viz.py``, its labels stay above 9 px), no sideways scrolling, none of nbval's markers in the text, and
+  no serious or critical axe-core violation of the WCAG 2 A/AA rules;
+* every chapter page weighs at most 1 MB; the introduction's verdict overview is compact
+  and links each verdict to a section that exists; the offline search runs without errors;
 * each interactive view's controls move with the keyboard and change their figure, and
   the numbers the browser computes (``kaf/viz/views.mjs``, read from the read-outs) equal
-  :mod:`kaf`'s at the same settings, to 1e-6 relative.
+  :mod:`kaf`'s at the same settings, to 1e-6 relative; sliders carry an accessible name and
+  announce the value they show; a read-out's changing numbers do not resize the figures.
 
 Without Chromium or a built book these tests are skipped, with the reason; with ``CI``
 set they fail instead.
@@ -25,6 +32,7 @@ import torch
 
 from kaf import viz
 from kaf.estimators import loo_cv_bandwidth
+from kaf.viz import views
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -72,14 +80,14 @@ class Page:
     """One page of the built book, with every request outside file:// refused and recorded,
     and every JavaScript error (uncaught, or logged with console.error) recorded."""
 
-    def __init__(self, browser, relative: str):
-        self.page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    def __init__(self, browser, relative: str, width: int = 1280, query: str = ""):
+        self.page = browser.new_page(viewport={"width": width, "height": 1600})
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.page.on("console", lambda m: self.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
         self.page.route("**/*", self._route)
-        self.page.goto((HTML / relative).as_uri(), wait_until="load")
+        self.page.goto((HTML / relative).as_uri() + query, wait_until="load")
 
     def _route(self, route):
         url = route.request.url
@@ -132,6 +140,12 @@ class Page:
         for _ in range(times):
             self.page.keyboard.press(key)
 
+    def wait_for_math(self):
+        """Until MathJax has typeset every display equation of the page."""
+        self.page.wait_for_function(
+            "() => [...document.querySelectorAll('div.math')].every((d) => d.querySelector('mjx-container'))",
+            timeout=20_000)
+
     def check_clean(self):
         assert not self.requests, f"requests outside file://: {self.requests}"
         assert not self.errors, f"JavaScript errors: {self.errors}"
@@ -169,6 +183,86 @@ def test_page_loads_offline_without_javascript_errors(browser, relative):
     page.page.close()
 
 
+# Every display equation: at 1280 px its typeset content fits its box (MathJax's container
+# beside the equation number); on a phone it may be wider if the box scrolls (overflow-x
+# auto), which the theme gives it, but not be clipped.
+_CUT_EQUATIONS = """(phone) => [...document.querySelectorAll('div.math')].filter((d) => {
+  const box = d.querySelector('mjx-container');
+  const over = box.scrollWidth > box.clientWidth + 1;
+  return phone ? over && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX) : over;
+}).map((d) => (d.querySelector('.eqno') || d).textContent.replace('#', '').trim() || d.id)"""
+
+AXE_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+
+
+def _axe_serious(page) -> list:
+    from axe_playwright_python.sync_playwright import Axe
+
+    violations = Axe().run(page, options=AXE_RULES).response["violations"]
+    return [f"{v['id']} ({v['impact']}): {v['help']}; {[n['target'] for n in v['nodes']][:3]}"
+            for v in violations if v["impact"] in ("serious", "critical")]
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("relative", [p for p in _book_pages() if p != "index.html"] or ["book/intro.html"])
+def test_page_reads_well_on_a_laptop_and_a_phone(browser, relative, width):  # index.html only redirects
+    page = Page(browser, relative, width)
+    page.wait_for_math()
+    if page.page.locator(".kaf-view").count():
+        page.wait_for_views()
+    problems = []  # all of them at once
+    cut = page.page.evaluate(_CUT_EQUATIONS, width < 600)
+    if cut:
+        problems.append(f"equations cut off: {cut}")
+    overflow = page.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    if overflow > 0:
+        problems.append(f"the page scrolls sideways by {overflow} px")
+    if width > 1000:  # figures drawn for the column (kaf.experiments.plots): at most slightly shrunk
+        shrunk = page.page.evaluate(
+            "() => [...document.querySelectorAll('.cell_output img')].filter((i) => i.naturalWidth > 0)"
+            ".map((i) => [i.getBoundingClientRect().width / i.naturalWidth, i.src.split('/').pop()])"
+            ".filter(([scale]) => scale < 0.8)")
+        if shrunk:
+            problems.append(f"figures shown below 80 % of their size, their text below 9 px: {shrunk}")
+    if "NBVAL" in page.page.evaluate("() => document.body.textContent"):
+        problems.append("nbval's markers in the text (use cell tags)")
+    problems += _axe_serious(page.page)
+    page.page.close()
+    assert not problems, problems
+
+
+def test_the_verdict_overview_is_compact_and_links_to_sections_that_exist(browser):
+    phone = Page(browser, "book/intro.html", 390)  # on a phone its table fits the column, with no scrolling
+    widths = phone.page.evaluate("() => [document.querySelector('.kaf-verdicts').clientWidth,"
+                                 " document.querySelector('.kaf-verdicts table').scrollWidth]")
+    assert widths[1] <= widths[0], widths
+    phone.page.close()
+    page = Page(browser, "book/intro.html")
+    overview = page.page.locator(".kaf-verdicts")
+    assert overview.count() == 1
+    assert overview.bounding_box()["height"] <= 3000
+    links = page.page.evaluate("() => [...document.querySelectorAll('.kaf-verdicts a')].map((a) => a.href)")
+    assert len(links) >= 2 * page.page.locator(".kaf-verdicts details").count() > 0
+    for link in set(links):
+        target, _, anchor = link.partition("#")
+        path = Path(target.removeprefix("file://"))
+        assert path.is_file(), link
+        assert not anchor or f'id="{anchor}"' in path.read_text(encoding="utf-8"), link
+    details = overview.locator("details").first  # the evidence opens on demand
+    assert not details.locator(".kaf-evidence").is_visible()
+    details.locator("summary").click()
+    assert details.locator(".kaf-evidence").is_visible()
+    page.check_clean()
+
+
+def test_offline_search_finds_pages_without_errors(browser):
+    page = Page(browser, "search.html", query="?q=kernel")
+    page.page.wait_for_selector("#search-results li", timeout=20_000)
+    page.page.wait_for_timeout(1000)  # summaries, if any, are fetched after the list
+    assert page.page.locator("#search-results li").count() >= 3
+    page.check_clean()
+
+
 def test_chapter_pages_are_light():
     pages = _book_pages()
     if not pages:
@@ -197,6 +291,7 @@ def test_bandwidth_view_moves_and_computes_kafs_numbers(browser):
 
     values = page.values()
     check(values, curve=True)  # the initial state (computed in Python)
+    _check_slider_names(page, {"bandwidth h": values["h"], "noise sd σ": values["noise_sd"]})
     # PageUp/PageDown move a slider by five steps, the arrow keys by one
     moves = [(_slider("bandwidth h"), "PageDown", 8), (".bk-Select select", "ArrowDown", 1),
              (_slider("noise sd"), "PageUp", 5), (_slider("bandwidth h"), "ArrowRight", 3),
@@ -210,6 +305,7 @@ def test_bandwidth_view_moves_and_computes_kafs_numbers(browser):
         assert any(a != b for a, b in zip(pixels, after)), f"{control} {key}: no figure changed"
     assert values["kernel"] == "uniform" and values["noise_sd"] == pytest.approx(0.55)
     check(values, curve=True)
+    _check_slider_names(page, {"bandwidth h": values["h"], "noise sd σ": values["noise_sd"]})
     page.check_clean()
 
 
@@ -270,6 +366,8 @@ def test_fluid_relu_view_moves_a_and_the_probe_and_computes_fluid_relus_numbers(
 
     values = page.values()
     check(values)
+    figures = page.page.locator(".kaf-view .bk-Figure")
+    sizes = [(b["width"], b["height"]) for b in (figures.nth(i).bounding_box() for i in range(figures.count()))]
     for control, key, times in [(_slider("a (k"), "PageUp", 10), (_slider("probe point"), "PageDown", 10),
                                 (_slider("a (k"), "ArrowLeft", 3), (_slider("a (k"), "PageDown", 40),
                                 (_slider("probe point"), "PageUp", 40)]:
@@ -279,8 +377,28 @@ def test_fluid_relu_view_moves_a_and_the_probe_and_computes_fluid_relus_numbers(
         check(values)
         after = page.figure_pixels()
         assert any(a != b for a, b in zip(pixels, after)), f"{control} {key}: no figure changed"
+        # the read-out's numbers change length (0, -0.3679, 1.234e-5): the figures keep their size
+        assert [(b["width"], b["height"]) for b in (figures.nth(i).bounding_box() for i in range(figures.count()))] \
+            == sizes
     assert values["a"] == pytest.approx(-1.53) and values["v"] == pytest.approx(0.5)
+    _check_slider_names(page, {"a (k = eᵃ)": values["a"], "probe point v": values["v"]})
+    # the browser's read-out format is kaf.viz.views._fmt's (0 below the tolerance included)
+    numbers = [0.0, 1e-318, -3.267e-16, -9.99e-13, 1e-12, -2.5e-11, 0.0001234, 123456, 1e21, 9.9996, -0.0652731]
+    module = (ROOT / "kaf" / "viz" / "views.mjs").read_text(encoding="utf-8")
+    shown = page.page.evaluate(
+        """async ([code, xs]) => { const url = 'data:text/javascript;base64,' + btoa(unescape(encodeURIComponent(code)));
+             const m = await import(url); return xs.map(m.fmt); }""", [module, numbers])
+    assert shown == [views._fmt(x) for x in numbers]
     page.check_clean()
+
+
+def _check_slider_names(page, expected: dict):
+    """Each slider's handle is named by its title and announces the value it shows (h, not log10 h)."""
+    for title, value in expected.items():
+        handle = page.page.locator(_slider(title))
+        assert handle.get_attribute("aria-label") == title
+        text = handle.get_attribute("aria-valuetext")
+        assert float(text) == pytest.approx(value, rel=5e-3, abs=5e-3), (title, text, value)
 
 
 def test_curves_view_toggles_curves_switches_quantity_and_hovers_values(browser):

@@ -359,12 +359,23 @@ def test_view_html_is_light_unless_a_live_notebook_asks_for_bokehjs(monkeypatch)
         view.html()
 
 
-@pytest.mark.parametrize("x, js", [  # what JavaScript's x.toPrecision(4) prints (checked in node)
+# what JavaScript's x.toPrecision(4) prints (checked in node), and 0 below the zero tolerance;
+# tests/test_browser.py runs views.mjs's own fmt on these numbers
+FORMATTED = [
     (0.0001234, "0.0001234"), (1.234e-7, "1.234e-7"), (123456, "1.235e+5"), (0.5, "0.5000"), (1, "1.000"),
     (-0.06527314656006893, "-0.06527"), (0.000999, "0.0009990"), (99999, "1.000e+5"), (1e21, "1.000e+21"),
-    (123.456, "123.5"), (1e-5, "0.00001000"), (0.0, "0.000"), (9.9996, "10.00")])
+    (123.456, "123.5"), (1e-5, "0.00001000"), (0.0, "0"), (9.9996, "10.00"), (1.527e-318, "0"),
+    (-3.267e-16, "0"), (-9.99e-13, "0"), (1e-12, "1.000e-12"), (-2.5e-11, "-2.500e-11")]
+
+
+@pytest.mark.parametrize("x, js", FORMATTED)
 def test_python_readouts_format_numbers_as_the_browser_does(x, js):
     assert views._fmt(x) == js
+
+
+def test_the_zero_tolerance_is_stated_alike_in_python_and_javascript():
+    module = (ROOT / "kaf" / "viz" / "views.mjs").read_text(encoding="utf-8")
+    assert f"const ZERO_TOL = {views.ZERO_TOL:g};" in module
 
 
 def test_vendored_bokehjs_is_the_installed_bokehs():
@@ -389,3 +400,133 @@ def test_bokehjs_files_name_the_installed_version():
     import bokeh
 
     assert all(bokeh.__version__ in name for name in views.bokehjs_files())
+
+
+# --------------------------------------------------------------------------- the verdict overview
+
+
+def _verdicts(rows):
+    return pd.DataFrame(rows, columns=["claim_id", "source", "claim", "verdict", "evidence", "chapter"])
+
+
+def _rows_of(html):
+    """(claim id, verdict text, href, evidence) of each claim row of a verdict table."""
+    pattern = re.compile(r'<tr class="kaf-depth-(\d)"><td class="kaf-v"><a [^>]*href="([^"]*)"[^>]*>([^<]*)</a>'
+                         r'</td><td><details><summary>(.*?) <span class="kaf-id">([^<]*)</span></summary>'
+                         r'<p class="kaf-evidence">(.*?) \(<a href="([^"]*)">')
+    return [dict(depth=int(m[0]), href=m[1], verdict=m[2], claim=m[3], claim_id=m[4], evidence=m[5], link=m[6])
+            for m in pattern.findall(html)]
+
+
+def test_verdict_table_counts_every_label_and_gives_each_claim_a_row_with_its_evidence_on_demand():
+    table = _verdicts([
+        ("t-1", "thesis", "A holds everywhere", "depends", "holds on 1 of 2", "book/experiments/a"),
+        ("t-1-x", "thesis", "A on x", "holds", "acc 0.98 > 0.93", "book/experiments/a"),
+        ("t-1-x-y", "thesis", "A on x, y", "inconclusive (machine-dependent)", "interval [-0.1, 0.2]",
+         "book/experiments/a"),
+        ("t-2", "thesis", "B <beats> C & D", "fails", "", "book/experiments/b"),
+        ("f-1", "paper", "F", "pending", None, "book/fluid_relu"),
+        ("t-1-z", "book", "A on z", "holds", "acc 0.9", "book/experiments/a"),
+    ])
+    anchors = {"book/experiments/a": {"title": "Chapter A", "section": "Verdict on (6)", "id": "verdict-on-6"}}
+    html = viz.verdict_table(table, page="book/intro", anchors=anchors).html
+    counts = dict(re.findall(r'<li><span class="kaf-chip kaf-chip-[^"]*" [^>]*>([a-z]+): (\d+)</span></li>', html))
+    assert counts == {"holds": "2", "fails": "1", "depends": "1", "inconclusive": "1", "pending": "1"}
+    assert "<strong>6 claims</strong>" in html
+    rows = _rows_of(html)
+    assert [r["claim_id"] for r in rows] == ["t-1", "t-1-x", "t-1-x-y", "t-2", "f-1", "t-1-z"]
+    assert [r["depth"] for r in rows] == [0, 1, 2, 0, 0, 0]  # t-1-z: its claim is another source's
+    assert rows[2]["verdict"] == "inconclusive (machine-dependent)" and "kaf-chip-inconclusive" in html
+    assert rows[0]["href"] == rows[0]["link"] == "experiments/a.html#verdict-on-6"
+    assert rows[4]["href"] == "fluid_relu.html"  # no anchor known: the top of the page
+    assert rows[1]["evidence"] == "acc 0.98 &gt; 0.93"
+    assert rows[3]["claim"] == "B &lt;beats&gt; C &amp; D" and rows[3]["evidence"] == "No evidence recorded."
+    assert 'aria-label="depends: see Chapter A, Verdict on (6)"' in html
+    # grouped by source, in order of appearance, each group with its size
+    assert re.findall(r'<th scope="colgroup" colspan="2">([^<]*) <span class="kaf-id">\((\d+)\)', html) == [
+        ("thesis", "4"), ("paper", "1"), ("book", "1")]
+    # a page deeper in the book links up
+    assert _rows_of(viz.verdict_table(table, page="book/experiments/runner").html)[3]["href"] == "b.html"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.drop(columns="evidence"), "missing \\['evidence'\\]"),
+    (lambda t: t.assign(verdict=["holds", " "]), "row 1 \\(b\\): empty \\['verdict'\\]"),
+    (lambda t: t.assign(chapter=[None, "book/x"]), "row 0 \\(a\\): empty \\['chapter'\\]"),
+    (lambda t: t.assign(claim_id=["a", "a"]), "claim ids repeat: \\['a'\\]"),
+])
+def test_verdict_table_rejects_a_malformed_table(change, message):
+    table = _verdicts([("a", "s", "A", "holds", "e", "book/x"), ("b", "s", "B", "fails", "e", "book/x")])
+    with pytest.raises(ValueError, match=message):
+        viz.verdict_table(change(table))
+
+
+def test_the_committed_verdicts_fit_the_overview():
+    table = pd.read_csv(ROOT / "results" / "verdicts.csv")
+    anchors = viz.section_anchors(table.chapter, ROOT)
+    html = viz.verdict_table(table, anchors=anchors).html
+    rows = _rows_of(html)
+    by_source = sorted(range(len(table)), key=lambda i: list(dict.fromkeys(table.source)).index(table.source[i]))
+    assert [r["claim_id"] for r in rows] == list(table.claim_id[by_source])
+    counts = re.findall(r'<li><span class="kaf-chip [^>]*>[a-z]+: (\d+)</span></li>', html)
+    assert sum(map(int, counts)) == len(table)
+
+
+def test_section_anchors_find_the_verdict_heading_as_sphinx_names_it(tmp_path):
+    def notebook(path, *markdown):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cells = [{"cell_type": "markdown", "metadata": {}, "source": m} for m in markdown]
+        path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+
+    notebook(tmp_path / "book" / "a.ipynb", "# Plateaus\n\ntext\n\n## Why", "## Verdict on (6)\n\n## Verdicts")
+    notebook(tmp_path / "book" / "b.ipynb", "# Axes\n\n## Learning rate")
+    assert viz.section_anchors(["book/a", "book/b", "book/a"], tmp_path) == {
+        "book/a": {"title": "Plateaus", "section": "Verdict on (6)", "id": "verdict-on-6"},
+        "book/b": {"title": "Axes", "section": "", "id": ""}}
+    with pytest.raises(ValueError, match="book/c"):
+        viz.section_anchors(["book/c"], tmp_path)
+
+
+def test_the_scale_note_shows_in_a_quick_build_only():
+    note = viz.scale_note("Here: 300 points & less.", scale="quick")
+    assert "quick scale" in note._repr_html_() and "Here: 300 points &amp; less." in note.html
+    assert "KAF_SCALE=full" in note.html
+    assert viz.scale_note("Here: 300 points.", scale="full") is None
+
+
+# --------------------------------------------------------------------------- legible figures
+
+
+@pytest.mark.parametrize("draw", [
+    lambda a, p: p.summary_bars(a.load("baselines")),
+    lambda a, p: p.curves(a.load("likelihood"), y="test_metric", hue="loss"),
+    lambda a, p: p.link_shape(a.load("link_shape_curves"), a.load("link_shape_fit"), "mnist"),
+    lambda a, p: p.singular(a.load("singular")),
+    lambda a, p: p.house_scale(a.load("house_scale")),
+    lambda a, p: p.lr_sweep(a.load("lr_sweep")),
+    lambda a, p: p.fluid_a(a.load("fluid_relu_a")),
+    lambda a, p: viz.plot_activations(),
+], ids=["summary_bars", "curves", "link_shape", "singular", "house_scale", "lr_sweep", "fluid_a", "activations"])
+def test_experiment_figures_are_legible_at_the_column_width(draw):
+    from kaf.experiments import analysis, plots
+
+    fig = draw(analysis, plots)
+    try:
+        assert fig.get_size_inches()[0] <= plots.COLUMN_INCHES + 1e-9
+        assert plots.min_text_px(fig) >= 9.0
+    finally:
+        plt.close(fig)
+
+
+def test_min_text_px_measures_the_shrunk_text_of_a_wide_figure():
+    from kaf.experiments import plots
+
+    fig, ax = plt.subplots(figsize=(14.4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=8)
+    ax.set_title("t", fontsize=20)
+    # 8 pt at 100 dpi is 11.1 px; the PNG, cropped to its content (about 1150 of the figure's
+    # 1440 px), is shown 688 px wide: the labels shrink to about 7 px
+    assert 6.0 < plots.min_text_px(fig, column_px=688) < 8.0
+    assert plots.min_text_px(fig, column_px=5000) == pytest.approx(8 * 100 / 72)
+    plt.close(fig)

@@ -21,12 +21,25 @@ Jobs that ``_config.yml`` cannot do by itself:
    de-duplication misses it (the copy registered with the builder has file name
    ``None``, the one replayed from the registry ``""``), so every page threw
    "Identifier 'THEBE_JS_URL' has already been declared".
+4. **A bibliography in the citations' style.** The text cites author–year
+   (``bibtex_reference_style: author_year``: "Ichimura, 1993"); the pybtex style
+   ``kaf_author_year`` (``bibtex_default_style``) labels the bibliography's entries the same
+   way instead of numbering them. And docutils writes the list of entries as
+   ``role="list"`` around entries of the deprecated role ``doc-biblioentry``, which
+   assistive technology (and axe-core's ``aria-required-children``) does not take for list
+   items: the entries become ``role="listitem"``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+
+from pybtex.plugin import register_plugin
+from pybtex.richtext import Text
+from pybtex.style.formatting.plain import Style as PlainStyle
+from pybtex.style.labels import BaseLabelStyle
 
 from kaf.scale import get_scale
 
@@ -68,6 +81,42 @@ def _on_config_inited(app, config):
     config.html_theme_options = options
 
 
+class AuthorYearLabels(BaseLabelStyle):
+    """Labels as sphinxcontrib-bibtex's author_year citations write them: "Ichimura, 1993",
+    "Klein and Spady, 1993", "Kakade et al., 2011" (then a, b, ... where two entries share one)."""
+
+    def format_labels(self, sorted_entries):
+        labels = [self._label(entry) for entry in sorted_entries]
+        seen: dict = {}
+        for label in labels:
+            if labels.count(label) == 1:
+                yield label
+            else:
+                seen[label] = seen.get(label, -1) + 1
+                yield label + "abcdefghijklmnopqrstuvwxyz"[seen[label]]
+
+    @staticmethod
+    def _label(entry):
+        persons = entry.persons.get("author") or entry.persons.get("editor") or []
+        names = [Text.from_latex(" ".join(p.prelast_names + p.last_names)).render_as("text") for p in persons]
+        if not names:
+            names = [entry.key]
+        who = names[0] if len(names) == 1 else (" and ".join(names) if len(names) == 2 else f"{names[0]} et al.")
+        return f"{who}, {entry.fields.get('year', 'n.d.')}"
+
+
+class AuthorYearStyle(PlainStyle):
+    """pybtex's plain style (entries sorted by author, year, title), labelled author–year."""
+
+    default_label_style = "kaf_author_year"
+
+
+register_plugin("pybtex.style.labels", "kaf_author_year", AuthorYearLabels)
+register_plugin("pybtex.style.formatting", "kaf_author_year", AuthorYearStyle)
+
+_BIBLIOENTRY = re.compile(r'(<div class="citation" id="[^"]*") role="doc-biblioentry"')
+
+
 def _script_key(script):
     attributes = tuple(sorted((k, str(v)) for k, v in script.attributes.items()))
     return (script.filename or "", attributes)
@@ -83,7 +132,10 @@ def _on_html_page_context(app, pagename, templatename, context, doctree):
                 seen.add(key)
                 unique.append(script)
         scripts[:] = unique  # the builder's own list: restored by Sphinx after this page
-    if 'class="kaf-view"' in context.get("body", ""):
+    body = context.get("body", "")
+    if 'role="doc-biblioentry"' in body:
+        context["body"] = body = _BIBLIOENTRY.sub(r'\1 role="listitem"', body)
+    if 'class="kaf-view"' in body:
         from kaf.viz.views import bokehjs_files
 
         for name in bokehjs_files():  # in this order: the widgets extend BokehJS

@@ -2,10 +2,20 @@
 
 Every function takes a table (as written by :func:`kaf.experiments.registry.run_experiment`
 or read by :func:`kaf.experiments.analysis.load`) and returns the matplotlib ``Figure``.
+
+**Legible at the book's column width.** A figure is at most :data:`COLUMN_INCHES` wide
+(more panels go onto more rows, at most two side by side) and its text is at least
+:data:`MIN_TEXT_PT` points, so that at the column width (:data:`COLUMN_PX` pixels, a
+1280-pixel window) no label is drawn below 9 pixels: :func:`min_text_px` measures it.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from typing import Any
+
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -13,22 +23,73 @@ import pandas as pd
 from kaf.experiments.analysis import final_rows, summarize
 
 __all__ = ["curves", "summary_bars", "lr_sweep", "calc_size", "link_shape", "singular", "vanishing",
-           "house_scale", "fluid_a", "paired_differences", "reference_differences"]
+           "house_scale", "fluid_a", "paired_differences", "reference_differences", "min_text_px"]
 
 OUTPUT_COLORS = {"kaf": "C3", "sigmoid": "C0", "tanh": "C1", "relu": "C2", "swish": "C4", "mish": "C5",
                  "leaky_relu": "C6", "elu": "C7", "selu": "C8", "identity": "C9"}
+
+
+#: Width at which a figure is shown in the book at a 1280-pixel window, in CSS pixels
+#: (sphinx-book-theme's text column, measured in Chromium).
+COLUMN_PX = 688
+#: Widest figure, in inches: at matplotlib's 100 dpi it fills the column without shrinking much.
+COLUMN_INCHES = 7.4
+#: Smallest font size used, in points (12.5 px at 100 dpi, unshrunk).
+MIN_TEXT_PT = 9
+
+_STYLE: dict[Any, Any] = {"font.size": MIN_TEXT_PT + 1, "axes.titlesize": MIN_TEXT_PT + 1, "axes.labelsize": MIN_TEXT_PT + 1,
+          "xtick.labelsize": MIN_TEXT_PT, "ytick.labelsize": MIN_TEXT_PT, "legend.fontsize": MIN_TEXT_PT,
+          "figure.titlesize": MIN_TEXT_PT + 2}
+
+
+def _legible(plot):
+    """Draw ``plot`` with the book's font sizes (:data:`_STYLE`)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+def _grid(n: int, panel=(3.6, 2.9), *, max_cols: int = 2, **kw):
+    """``n`` panels, at most ``max_cols`` side by side, the figure at most :data:`COLUMN_INCHES`
+    wide; returns the figure and the ``n`` axes (unused cells hidden)."""
+    cols = max(1, min(n, max_cols))
+    rows = math.ceil(n / cols)
+    width = min(panel[0] * cols, COLUMN_INCHES)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, panel[1] * rows), squeeze=False, **kw)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def min_text_px(fig, column_px: float = COLUMN_PX) -> float:
+    """The smallest visible text of ``fig`` (tick labels, labels, titles, legends, notes) in
+    CSS pixels, as drawn when the figure's PNG (``savefig.dpi`` "figure", bbox "tight", as
+    in a notebook) is shown at most ``column_px`` pixels wide."""
+    fig.canvas.draw()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())
+    width_px = bbox.width * fig.dpi
+    scale = min(1.0, column_px / width_px)
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text)
+             if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+    return min(sizes) * fig.dpi / 72 * scale
 
 
 def _color(name):
     return OUTPUT_COLORS.get(name, None)
 
 
+@_legible
 def curves(table: pd.DataFrame, y: str = "test_metric", hue: str = "output", *, panels: str | None = "dataset",
            logy: bool = False, title: str | None = None):
     """Mean (line) ± sd (band) over seeds of ``y`` against epoch, one line per ``hue``, one panel per ``panels``."""
     groups = list(table[panels].unique()) if panels else [None]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    fig, axes = _grid(len(groups), (3.7, 3.0))
+    for ax, g in zip(axes, groups):
         sub = table if g is None else table[table[panels] == g]
         for h, d in sub.groupby(hue, sort=False):
             stats = d.groupby("epoch")[y].agg(["mean", "std"]).fillna(0.0)
@@ -42,23 +103,24 @@ def curves(table: pd.DataFrame, y: str = "test_metric", hue: str = "output", *, 
             ax.set_yscale("log")
         if g is not None:
             ax.set_title(str(g))
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[-1].legend(loc="best")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+@_legible
 def summary_bars(table: pd.DataFrame, *, by: str = "output", panels: str = "dataset"):
     """Final test metric, mean ± sd over seeds, one bar per ``by``, one panel per ``panels``."""
     s = summarize(table, [panels, by, "metric"])
     groups = list(s[panels].unique())
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    fig, axes = _grid(len(groups), (3.7, 3.2))
+    for ax, g in zip(axes, groups):
         d = s[s[panels] == g]
         colors = [_color(o) or "grey" for o in d[by]]
         ax.bar(range(len(d)), d["mean"], yerr=d["sd"], color=colors, capsize=2)
-        ax.set_xticks(range(len(d)), d[by], rotation=60, fontsize=7)
+        ax.set_xticks(range(len(d)), d[by], rotation=60, ha="right", rotation_mode="anchor")
         metric = d.metric.iloc[0]
         ax.set_ylabel(f"test {metric}")
         if metric == "accuracy":
@@ -69,12 +131,13 @@ def summary_bars(table: pd.DataFrame, *, by: str = "output", panels: str = "data
     return fig
 
 
+@_legible
 def lr_sweep(table: pd.DataFrame):
     """Final test accuracy against the SGD learning rate (log axis); × marks diverged runs."""
     s = summarize(table, ["dataset", "output", "lr"])
     groups = list(s.dataset.unique())
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.3), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    fig, axes = _grid(len(groups), (3.7, 3.1))
+    for ax, g in zip(axes, groups):
         for o, d in s[s.dataset == g].groupby("output", sort=False):
             d = d.sort_values("lr")
             ax.errorbar(d.lr, d["mean"], yerr=d["sd"], label=o, color=_color(o), marker="o", ms=3, capsize=2,
@@ -86,16 +149,17 @@ def lr_sweep(table: pd.DataFrame):
         ax.set_xlabel("learning rate (plain SGD)")
         ax.set_ylabel("final test accuracy")
         ax.set_title(g)
-    axes[0][-1].legend(fontsize=7)
+    axes[-1].legend()
     fig.tight_layout()
     return fig
 
 
+@_legible
 def calc_size(table: pd.DataFrame, dataset: str = "mnist"):
     """Accuracy and epoch time of K-AF against the calc-subset size m (m = n_train for 'all')."""
     d = table[(table.dataset == dataset) & (table.output == "kaf")].copy()
     d["m"] = np.where(d.calc_size == 0, d.n_train, d.calc_size)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.3))
+    fig, (a1, a2) = _grid(2, (3.7, 3.2))
     for pol, g in d.groupby("calc_policy"):
         s = summarize(g, ["m"]).sort_values("m")
         a1.errorbar(s.m, s["mean"], yerr=s["sd"], marker="o", ms=3, capsize=2, label=f"K-AF ({pol})")
@@ -109,7 +173,7 @@ def calc_size(table: pd.DataFrame, dataset: str = "mnist"):
     for ax in (a1, a2):
         ax.set_xscale("log")
         ax.set_xlabel("calc points m")
-        ax.legend(fontsize=7)
+        ax.legend()
     a1.set_ylabel("final test accuracy")
     a2.set_ylabel("seconds per training epoch")
     a2.set_yscale("log")
@@ -118,31 +182,34 @@ def calc_size(table: pd.DataFrame, dataset: str = "mnist"):
     return fig
 
 
+@_legible
 def link_shape(curves_table: pd.DataFrame, fits: pd.DataFrame, dataset: str, max_units: int = 4):
     """The learned link G_k(z) of a few output units (seed 0) and its fitted 4-parameter logistic."""
     c = curves_table[curves_table.dataset == dataset]
     units = sorted(c.unit.unique())[:max_units]
-    fig, axes = plt.subplots(1, len(units), figsize=(3.3 * len(units), 3.0), squeeze=False)
-    for ax, k in zip(axes[0], units):
+    fig, axes = _grid(len(units), (3.7, 2.9))
+    for ax, k in zip(axes, units):
         d = c[c.unit == k]
         f = fits[(fits.dataset == dataset) & (fits.unit == k) & (fits.seed == d.seed.iloc[0])].iloc[0]
         ax.plot(d.z, d.link, color=_color("kaf"), lw=2, label="learned K-AF link")
         ax.plot(d.z, d.logistic, color=_color("sigmoid"), ls="--", label="fitted logistic")
-        ax.set_title(f"unit {k}: R²={f.r2:.3f}, dist={f.rmse:.3f}", fontsize=9)
+        ax.set_title(f"unit {k}: R²={f.r2:.3f}, dist={f.rmse:.3f}")
         ax.set_xlabel("index z")
-    axes[0][0].set_ylabel("output")
-    axes[0][0].legend(fontsize=7)
+        ax.set_ylabel("output")
+    axes[0].legend()
     fig.suptitle(f"{dataset}: learned link vs fitted sigmoid")
     fig.tight_layout()
     return fig
 
 
+@_legible
 def singular(table: pd.DataFrame):
     """Per initial scale (rows): test accuracy, body gradient norm, saturated fraction over epochs."""
     scales = sorted(table.init_scale.unique())
     cols = (("test_metric", "test accuracy", False), ("grad_norm", "body gradient norm", True),
             ("saturated_frac", "saturated outputs", False))
-    fig, axes = plt.subplots(len(scales), 3, figsize=(11, 2.6 * len(scales)), squeeze=False)
+    fig, flat = _grid(3 * len(scales), (2.47, 2.5), max_cols=3)
+    axes = [flat[3 * r:3 * r + 3] for r in range(len(scales))]
     for r, sc in enumerate(scales):
         sub = table[table.init_scale == sc]
         for c, (col, label, logy) in enumerate(cols):
@@ -151,16 +218,17 @@ def singular(table: pd.DataFrame):
                 ax.plot(d.epoch, d[col], color=_color(o), alpha=0.6, lw=1, label=o if seed == 0 else None)
             if logy:
                 ax.set_yscale("log")
-            ax.set_title(f"init scale {sc:g}: {label}", fontsize=9)
+            ax.set_title(f"scale {sc:g}: {label}")
             ax.set_xlabel("epoch")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend()
     fig.tight_layout()
     return fig
 
 
+@_legible
 def vanishing(grid: pd.DataFrame):
     """Typical point's scale-free gradient of the K-AF loss against h / spread, one line per (m, spread)."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    fig, (a1, a2) = _grid(2, (3.7, 3.2))
     for (m, s), g in grid.groupby(["m", "spread"]):
         a1.plot(g.h_over_spread, g.grad_z_median, marker=".", label=f"m={m}, spread={s:g}")
         a2.plot(g.h_over_spread, g.loss, marker=".", label=f"m={m}, spread={s:g}")
@@ -171,18 +239,19 @@ def vanishing(grid: pd.DataFrame):
     a1.set_ylim(bottom=0.0)  # the gradient magnitude is never negative
     a1.set_ylabel("s·m·median |∂L/∂z_i|")
     a2.set_ylabel("leave-one-out loss")
-    a1.legend(fontsize=7)
+    a1.legend()
     fig.tight_layout()
     return fig
 
 
+@_legible
 def house_scale(table: pd.DataFrame):
     """Final test RMSE (raw units) per target handling, output and optimiser; diverged runs marked."""
     s = summarize(table, ["optimizer", "target_transform", "y_multiplier", "output"])
     s["setting"] = s.target_transform + np.where(s.y_multiplier == 1.0, " (×1)", "")
     opts = list(s.optimizer.unique())
-    fig, axes = plt.subplots(1, len(opts), figsize=(5.5 * len(opts), 3.4), squeeze=False)
-    for ax, opt in zip(axes[0], opts):
+    fig, axes = _grid(len(opts), (COLUMN_INCHES, 3.2), max_cols=1)
+    for ax, opt in zip(axes, opts):
         d = s[(s.optimizer == opt) & (s.y_multiplier == 1000.0)]
         settings = list(d.setting.unique())
         outputs = list(d.output.unique())
@@ -195,34 +264,36 @@ def house_scale(table: pd.DataFrame):
                 if dv > 0:
                     # at the foot of the axis (a log axis has no 0): how many seeds diverged
                     ax.text(xi, 0.02, f"{dv:.0f} diverged" if n == 0 else f"{dv:.0f} div.", ha="center",
-                            va="bottom", fontsize=6, rotation=90, color=_color(o) or "k",
+                            va="bottom", fontsize=MIN_TEXT_PT, rotation=90, color=_color(o) or "k",
                             transform=ax.get_xaxis_transform())
         ax.set_xticks(np.arange(len(settings)) + 0.4 - w / 2, settings)
         ax.set_yscale("log")
         ax.set_ylabel("test RMSE (dollars)")
         ax.set_title(f"{opt}: targets in dollars")
-    axes[0][-1].legend(fontsize=7)
+    axes[-1].legend()
     fig.tight_layout()
     return fig
 
 
+@_legible
 def fluid_a(a_table: pd.DataFrame):
     """Histograms of the learned FluidReLU a_i, per layer and variant (all seeds pooled)."""
     variants = list(a_table.fluid_variant.unique())
     layers = list(a_table.layer.unique())
-    fig, axes = plt.subplots(len(variants), len(layers), figsize=(4.2 * len(layers), 2.8 * len(variants)),
-                             squeeze=False)
+    fig, flat = _grid(len(variants) * len(layers), (3.7, 2.7), max_cols=len(layers))
+    axes = [flat[r * len(layers):(r + 1) * len(layers)] for r in range(len(variants))]
     for r, v in enumerate(variants):
         for c, layer in enumerate(layers):
             d = a_table[(a_table.fluid_variant == v) & (a_table.layer == layer)].a
             axes[r][c].hist(d, bins=30, color="C1" if v == "exp" else "C4")
             axes[r][c].axvline(0.0, color="k", lw=0.8, ls=":")
-            axes[r][c].set_title(f"{v}: {layer} (mean {d.mean():+.2f})", fontsize=9)
+            axes[r][c].set_title(f"{v}: {layer} (mean {d.mean():+.2f})")
             axes[r][c].set_xlabel("learned a_i")
     fig.tight_layout()
     return fig
 
 
+@_legible
 def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test_metric", groups: str = "dataset",
                        tol: float | None = None, ylabel: str | None = None):
     """Per group: the paired (same seed) differences ``value[a] - value[b]`` as dots, their mean and 95 %
@@ -231,7 +302,7 @@ def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test
 
     fin = final_rows(table)
     names = list(table[groups].unique())  # in the order the runs were made
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
+    fig, ax = plt.subplots(figsize=(min(1.6 + 1.4 * len(names), COLUMN_INCHES), 3.2))
     if tol is not None:
         ax.axhspan(-tol, tol, color="0.9", zorder=0, label=f"tie band ±{tol:g}")
     ax.axhline(0.0, color="k", lw=0.8)
@@ -250,11 +321,12 @@ def paired_differences(table: pd.DataFrame, *, by: str, a, b, value: str = "test
     ax.set_xlim(-0.6, len(names) - 0.2)
     ax.set_ylabel(ylabel or f"{value}: {a} − {b} (same seed)")
     if tol is not None:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
 
+@_legible
 def reference_differences(pairs: pd.DataFrame, acc_tol: float = 0.01, rmse_tol: float = 0.05):
     """Per data set, the paired (same seed) difference between each batch-as-reference run and
     the fixed-calc-set run (accuracy: batch − calc; RMSE: batch/calc − 1, so below 0 is better),
@@ -262,8 +334,8 @@ def reference_differences(pairs: pd.DataFrame, acc_tol: float = 0.01, rmse_tol: 
     :func:`kaf.experiments.verdicts.reference_pairs`."""
     order = ("iris", "wine", "mnist", "house")
     datasets = sorted(dict.fromkeys(pairs.dataset), key=lambda d: (order.index(d) if d in order else len(order), d))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(2.4 * len(datasets), 3.0), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = _grid(len(datasets), (3.7, 2.9))
+    for ax, ds in zip(axes, datasets):
         d = pairs[pairs.dataset == ds]
         acc = d.metric.iloc[0] == "accuracy"
         tol = acc_tol if acc else rmse_tol
@@ -276,11 +348,11 @@ def reference_differences(pairs: pd.DataFrame, acc_tol: float = 0.01, rmse_tol: 
             ax.plot([x - 0.25, x + 0.25], [diff.mean()] * 2, color=color, lw=2)
         ax.axhspan(-tol, tol, color="0.85", zorder=0)
         ax.axhline(0.0, color="k", lw=0.6)
-        ax.set_xticks([0, 1], [f"m={int(d.m.iloc[0])}", f"m={int(d.batch_size.iloc[0])}"], fontsize=8)
+        ax.set_xticks([0, 1], [f"m={int(d.m.iloc[0])}", f"m={int(d.batch_size.iloc[0])}"])
         ax.set_xlim(-0.5, 1.5)
-        ax.set_xlabel("against the fixed calc set", fontsize=8)
-        ax.set_title(ds, fontsize=9)
-        ax.set_ylabel("batch − fixed calc set" if acc else "RMSE batch / fixed − 1", fontsize=8)
-    fig.suptitle("the batch as reference set against fixed calc sets (grey: tie band)", fontsize=9)
+        ax.set_xlabel("against the fixed calc set")
+        ax.set_title(ds)
+        ax.set_ylabel("batch − fixed calc set" if acc else "RMSE batch / fixed − 1")
+    fig.suptitle("the batch as reference set against fixed calc sets (grey: tie band)")
     fig.tight_layout()
     return fig

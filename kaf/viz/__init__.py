@@ -6,6 +6,8 @@ r"""Figures and interactive views shared by the book's chapters.
 * :mod:`kaf.viz.numbers` — the numbers those views show, computed with :mod:`kaf`
   (their initial state, and the reference the browser tests compare against).
 * :mod:`kaf.viz.gallery` — static matplotlib figures (:func:`plot_activations`).
+* :mod:`kaf.viz.overview` — the introduction's overview of the verdicts
+  (:func:`verdict_table`) and the note on a quick build (:func:`scale_note`).
 """
 
 from kaf.viz.gallery import plot_activations
@@ -18,6 +20,7 @@ from kaf.viz.numbers import (
     nw_loo_mse,
     typical_gradient,
 )
+from kaf.viz.overview import scale_note, section_anchors, verdict_table
 from kaf.viz.views import View, bandwidth_view, curves_view, fluid_relu_view, kaf_view
 
 __all__ = [
@@ -34,4 +37,7 @@ __all__ = [
     "typical_gradient",
     "fluid_relu_curves",
     "plot_activations",
+    "verdict_table",
+    "section_anchors",
+    "scale_note",
 ]

@@ -5,21 +5,29 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
 __all__ = ["plot_activations"]
 
 
-def plot_activations(names: Optional[Sequence[str]] = None, *, v_range=(-4.0, 4.0), ncols: int = 4,
-                     panel_size=(2.6, 2.1)):
+def plot_activations(names: Optional[Sequence[str]] = None, *, v_range=(-4.0, 4.0), ncols: int = 3,
+                     panel_size=(2.45, 1.9)):
     """One panel per registered activation: the function (solid) and its derivative (dashed),
     computed by autograd through ``kaf.nn.make_activation(name)`` at its default parameters.
 
-    Returns the matplotlib figure.
+    Drawn with the experiment figures' font sizes, legible at the book's column width
+    (:func:`kaf.experiments.plots.min_text_px`). Returns the matplotlib figure.
     """
+    from kaf.experiments.plots import _STYLE
     from kaf.nn import ACTIVATIONS, make_activation
 
+    with matplotlib.rc_context(_STYLE):
+        return _plot_activations(names, v_range, ncols, panel_size, ACTIVATIONS, make_activation)
+
+
+def _plot_activations(names, v_range, ncols, panel_size, ACTIVATIONS, make_activation):
     names = list(ACTIVATIONS) if names is None else list(names)
     unknown = [n for n in names if n not in ACTIVATIONS]
     if unknown:
@@ -38,9 +46,9 @@ def plot_activations(names: Optional[Sequence[str]] = None, *, v_range=(-4.0, 4.
         ax.plot(v.numpy(), grad[:, 0].numpy(), "--", lw=1.2, label="f′")
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend()
     fig.tight_layout()
     return fig

@@ -181,13 +181,20 @@ export function fluidRelu(v, a, variant) {
 
 // ------------------------------------------------------------------ read-outs
 
-/** Number as JavaScript's toPrecision(4) writes it (kaf.viz.views._fmt mirrors it). */
+// A read-out's number below this magnitude is 0 to a reader (an underflowed derivative,
+// a difference that is zero up to rounding); kaf.viz.views.ZERO_TOL is the same.
+const ZERO_TOL = 1e-12;
+
+/** Number as the read-outs write it: "0" below ZERO_TOL, else toPrecision(4) (kaf.viz.views._fmt mirrors it). */
 export function fmt(x) {
-  return Number.isFinite(x) ? x.toPrecision(4) : String(x);
+  if (!Number.isFinite(x)) return String(x);
+  return Math.abs(x) < ZERO_TOL ? "0" : x.toPrecision(4);
 }
 
 function setReadout(div, values, html) {
-  div.text = `<div class="kaf-readout" data-values='${JSON.stringify(values)}'>${html}</div>`;
+  div.text =
+    `<div class="kaf-readout" style="font-variant-numeric: tabular-nums" ` +
+    `data-values='${JSON.stringify(values)}'>${html}</div>`;
 }
 
 function replace(source, columns) {
@@ -304,19 +311,22 @@ function fluidTable(a, v, rows) {
 }
 
 function curvesView(args, obj) {
-  const { sources, renderers, outputs, shown, quantity, axes, labels } = args;
+  const { sources, renderers, outputs, shown, quantity, axes, labels, bounds, panelOf } = args;
   if (obj === quantity) {
     const q = quantity.value;
-    for (const source of sources) {
+    sources.forEach((source, k) => {
       const mean = source.data[`mean_${q}`];
       const sd = source.data[`sd_${q}`];
+      // the band stays where the quantity can lie (kaf.viz.views.curves_view)
+      const [low, high] = bounds[q][panelOf[k]];
+      const clip = (x) => Math.min(Math.max(x, low), high == null ? Infinity : high);
       replace(source, {
         y: mean,
         sd,
-        lo: Float32Array.from(mean, (x, i) => x - sd[i]),
-        hi: Float32Array.from(mean, (x, i) => x + sd[i]),
+        lo: Float32Array.from(mean, (x, i) => clip(x - sd[i])),
+        hi: Float32Array.from(mean, (x, i) => clip(x + sd[i])),
       });
-    }
+    });
     axes.forEach((axis, i) => {
       axis.axis_label = labels[q][i];
     });

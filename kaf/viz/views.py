@@ -126,13 +126,42 @@ class View:
 
 # Waits for BokehJS (loaded in the page's head by the book, or inline just above in a
 # live notebook) and renders the view; says so in the page if BokehJS never comes.
+# BokehJS's sliders (noUiSlider handles, role "slider", in shadow roots) have no
+# accessible name, and announce the raw slider value (log10 h for a log slider): every
+# handle gets the slider's title as its name and the value its title shows as
+# aria-valuetext, again whenever the view re-renders or the value changes.
 _EMBED_JS = """
 (function () {
   var id = "ELEMENT_ID";
   function ready() { return window.Bokeh && window.Bokeh.embed && window.Bokeh.Widgets; }
+  function label(root) {
+    root.querySelectorAll(".bk-input-group").forEach(function (group) {
+      var handle = group.querySelector(".noUi-handle");
+      var title = group.querySelector(".bk-slider-title");
+      if (!handle || !title) return;
+      var value = title.querySelector(".bk-slider-value");
+      var text = value ? value.textContent.trim() : "";
+      var name = title.textContent.replace(text, "").replace(/:\\s*$/, "").trim();
+      if (handle.getAttribute("aria-label") !== name) handle.setAttribute("aria-label", name);
+      if (text && handle.getAttribute("aria-valuetext") !== text) handle.setAttribute("aria-valuetext", text);
+    });
+  }
+  function watch(node) {
+    node.querySelectorAll("*").forEach(function (el) {
+      if (!el.shadowRoot || el.shadowRoot.kafWatched) return;
+      el.shadowRoot.kafWatched = true;
+      label(el.shadowRoot);
+      new MutationObserver(function () { label(el.shadowRoot); watch(el.shadowRoot); })
+        .observe(el.shadowRoot, {subtree: true, childList: true, characterData: true, attributes: true,
+                                 attributeFilter: ["aria-valuetext"]});
+      watch(el.shadowRoot);
+    });
+  }
   function embed() {
     var item = JSON.parse(document.getElementById(id + "-item").textContent);
-    window.Bokeh.embed.embed_item(item, id);
+    var element = document.getElementById(id);
+    Promise.resolve(window.Bokeh.embed.embed_item(item, id)).then(function () { watch(element); });
+    new MutationObserver(function () { watch(element); }).observe(element, {subtree: true, childList: true});
   }
   if (ready()) { embed(); return; }
   var tries = 0;
@@ -183,13 +212,19 @@ def _callback(view: str, **args):
 # --------------------------------------------------------------------------- shared pieces
 
 
+#: Read-outs print 0 for a number whose magnitude is below this: a derivative that
+#: underflows (1e-318) or a difference that is zero up to rounding (-3e-16) is 0 to a reader.
+ZERO_TOL = 1e-12
+
+
 def _fmt(x: float) -> str:
-    """``x`` as JavaScript's ``x.toPrecision(4)`` writes it (the browser's read-outs)."""
+    """``x`` as the browser's read-outs write it (``fmt`` in ``views.mjs``): ``"0"`` for
+    ``|x| < ZERO_TOL``, else JavaScript's ``x.toPrecision(4)``."""
     x = float(x)
     if not math.isfinite(x):
         return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(x, "NaN")
-    if x == 0:
-        return "0.000"
+    if abs(x) < ZERO_TOL:
+        return "0"
     mantissa, exponent = f"{x:.3e}".split("e")
     e = int(exponent)
     if e < -6 or e >= 4:
@@ -198,20 +233,43 @@ def _fmt(x: float) -> str:
 
 
 def _readout_html(values: dict, text: str) -> str:
-    return f"<div class=\"kaf-readout\" data-values='{json.dumps(values)}'>{text}</div>"
+    return (f"<div class=\"kaf-readout\" style=\"font-variant-numeric: tabular-nums\" "
+            f"data-values='{json.dumps(values)}'>{text}</div>")
 
 
 def _log_slider(title: str, value: float, lo: float, hi: float):
     """A slider over log10(value) that shows the value itself (50 positions per decade)."""
-    from bokeh.models import CustomJSTickFormatter, Slider
+    from bokeh.models import CustomJSTickFormatter
 
     if not (0 < lo < hi and lo <= value <= hi):
         raise ValueError(f"{title}: need 0 < lo <= value <= hi, got lo={lo}, value={value}, hi={hi}")
     start, end = math.log10(lo), math.log10(hi)
     snapped = start + round((math.log10(value) - start) / _LOG_STEP) * _LOG_STEP
-    return Slider(title=title, start=start, end=end, step=_LOG_STEP, value=snapped,
-                  format=CustomJSTickFormatter(code="return (10 ** tick).toPrecision(3)"),
-                  sizing_mode="stretch_width")
+    return _slider(title=title, start=start, end=end, step=_LOG_STEP, value=snapped,
+                   format=CustomJSTickFormatter(code="return (10 ** tick).toPrecision(3)"))
+
+
+def _slider(**kw):
+    """A slider that stretches and wraps onto its own line when narrow; its value shows in
+    its title only (noUiSlider's tooltip would sit over the title)."""
+    from bokeh.models import Slider
+
+    return Slider(sizing_mode="stretch_width", min_width=_CONTROL_MIN_WIDTH, tooltips=False, **kw)
+
+
+#: Widths below which a control or a panel goes onto its own line (:func:`_flow`).
+_CONTROL_MIN_WIDTH = 200
+_PANEL_MIN_WIDTH = 300
+
+
+def _flow(*children):
+    """A row whose children wrap onto new lines when the page is too narrow for them
+    side by side (a phone): panels stack, controls wrap."""
+    from bokeh.layouts import row
+    from bokeh.models import InlineStyleSheet
+
+    css = InlineStyleSheet(css=":host { flex-wrap: wrap; row-gap: 6px; column-gap: 14px; }")
+    return row(*children, sizing_mode="stretch_width", stylesheets=[css])
 
 
 def _figure(title: str, *, height: int, x_axis_type="linear", y_axis_type="linear", x_range=None, **kw):
@@ -219,7 +277,7 @@ def _figure(title: str, *, height: int, x_axis_type="linear", y_axis_type="linea
 
     extra = {"x_range": x_range} if x_range is not None else {}
     p = figure(title=title, height=height, sizing_mode="stretch_width", x_axis_type=x_axis_type,
-               y_axis_type=y_axis_type, tools="", toolbar_location=None, **extra, **kw)
+               y_axis_type=y_axis_type, tools="", toolbar_location=None, min_width=_PANEL_MIN_WIDTH, **extra, **kw)
     p.title.text_font_size = "13px"
     p.title.text_font_style = "normal"
     p.axis.axis_label_text_font_size = "12px"
@@ -286,8 +344,8 @@ def bandwidth_view(z, y, *, truth: Callable[[torch.Tensor], torch.Tensor], noise
         n_grid: points at which the fit and the density are drawn.
         n_h: bandwidths on the leave-one-out curve.
     """
-    from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, Select, Slider, Span
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, Div, Select, Span
 
     z, y = _as_float64(z, "z"), _as_float64(y, "y")
     if z.shape != y.shape or z.shape[0] < 3:
@@ -341,7 +399,7 @@ def bandwidth_view(z, y, *, truth: Callable[[torch.Tensor], torch.Tensor], noise
     _hover(p_cv, [dot], [("h", "@h{0.0000}"), ("CV(h)", "@cv{0.00000}")])
 
     kernel_select = Select(title="kernel", value=kernel, options=list(KERNELS), width=150)
-    noise = Slider(title="noise sd σ", start=0.0, end=1.0, step=0.01, value=sd, sizing_mode="stretch_width")
+    noise = _slider(title="noise sd σ", start=0.0, end=1.0, step=0.01, value=sd)
     readout = Div(text=_readout_html(values, _bandwidth_text(values)), sizing_mode="stretch_width")
     note = Div(text="circle: the current h · dotted: the CV-optimal h · dashed: the noise variance σ²",
                styles={"font-size": "12px", "color": "#555"})
@@ -351,10 +409,10 @@ def bandwidth_view(z, y, *, truth: Callable[[torch.Tensor], torch.Tensor], noise
     kernel_select.js_on_change("value", callback)
     noise.js_on_change("value", callback)
     layout = column(
-        row(h_slider, kernel_select, noise, sizing_mode="stretch_width"),
+        _flow(h_slider, kernel_select, noise),
         readout,
-        row(column(p_kde, p_fit, sizing_mode="stretch_width"), column(p_cv, note, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width"),
+        _flow(column(p_kde, p_fit, sizing_mode="stretch_width", min_width=_PANEL_MIN_WIDTH),
+              column(p_cv, note, sizing_mode="stretch_width", min_width=_PANEL_MIN_WIDTH)),
         sizing_mode="stretch_width",
     )
     return View(layout, "bandwidth", values)
@@ -391,8 +449,8 @@ def kaf_view(z, y, *, truth: Optional[Callable[[torch.Tensor], torch.Tensor]] = 
         seed: seed of the calc permutation.
         n_grid, n_h: points of the fit and bandwidths of the curves.
     """
-    from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, Range1d, Slider
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, Div, Range1d
 
     z, y = _as_float64(z, "z"), _as_float64(y, "y")
     n = z.shape[0]
@@ -460,14 +518,13 @@ def kaf_view(z, y, *, truth: Optional[Callable[[torch.Tensor], torch.Tensor]] = 
     _hover(p_loo, [d1], [("h", "@h{0.0000}"), ("L", "@loo{0.00000}")])
     _hover(p_grad, [d2], [("h", "@h{0.0000}"), ("gradient", "@grad{0.0000}")])
 
-    m_slider = Slider(title="calc size m", start=m_min, end=n, step=1, value=m, sizing_mode="stretch_width")
+    m_slider = _slider(title="calc size m", start=m_min, end=n, step=1, value=m)
     readout = Div(text=_readout_html(values, _kaf_text(values)), sizing_mode="stretch_width")
     callback = _callback("kaf", h=h_slider, m=m_slider, data=data, calcPoints=calc_points, grid=grid, curve=curve,
                          markerLoo=marker_loo, markerGrad=marker_grad, readout=readout)
     h_slider.js_on_change("value", callback)
     m_slider.js_on_change("value", callback)
-    layout = column(row(h_slider, m_slider, sizing_mode="stretch_width"), readout, p_fit,
-                    row(p_loo, p_grad, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+    layout = column(_flow(h_slider, m_slider), readout, p_fit, _flow(p_loo, p_grad), sizing_mode="stretch_width")
     return View(layout, "kaf", values)
 
 
@@ -492,8 +549,8 @@ def fluid_relu_view(*, a: float = 0.0, a_range=(-4.0, 4.0), probe: float = -1.0,
     :math:`\partial f/\partial v` and :math:`\partial f/\partial a` of both variants there
     (:func:`fluid_relu_curves`, i.e. :func:`kaf.functional.fluid_relu`, for the initial state).
     """
-    from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, Slider, Span
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, Div, Span
 
     lo, hi = v_range
     if not (a_range[0] <= a <= a_range[1] and lo <= probe <= hi and lo < 0 < hi):
@@ -512,10 +569,9 @@ def fluid_relu_view(*, a: float = 0.0, a_range=(-4.0, 4.0), probe: float = -1.0,
     curves = ColumnDataSource(cols, name="kaf-data")
     probe_src = ColumnDataSource(probe_cols)
 
-    a_slider = Slider(title="a (k = eᵃ)", start=a_range[0], end=a_range[1], step=0.01, value=float(a),
-                      format="0.00", sizing_mode="stretch_width")
-    v_slider = Slider(title="probe point v", start=lo, end=hi, step=0.01, value=float(probe), format="0.00",
-                      sizing_mode="stretch_width")
+    a_slider = _slider(title="a (k = eᵃ)", start=a_range[0], end=a_range[1], step=0.01, value=float(a),
+                       format="0.00")
+    v_slider = _slider(title="probe point v", start=lo, end=hi, step=0.01, value=float(probe), format="0.00")
     panels = []
     for key, title in (("f", "f(v)"), ("dv", "∂f/∂v"), ("da", "∂f/∂a")):
         p = _figure(title, height=290)
@@ -541,14 +597,27 @@ def fluid_relu_view(*, a: float = 0.0, a_range=(-4.0, 4.0), probe: float = -1.0,
         if key == "f":
             _legend_style(p.legend[0], location="bottom_right")  # v > 0, f < 0: always empty
         panels.append(p)
-    readout = Div(text=_readout_html(values, _fluid_table(values, rows)), styles={"font-size": "13px"})
+    # a fixed width: the plot beside it keeps its size whatever the numbers' length
+    readout = Div(text=_readout_html(values, _fluid_table(values, rows)), styles={"font-size": "13px"},
+                  width=_READOUT_WIDTH, stylesheets=[_table_css()])
     callback = _callback("fluid", a=a_slider, v=v_slider, curves=curves, probe=probe_src, readout=readout)
     a_slider.js_on_change("value", callback)
     v_slider.js_on_change("value", callback)
-    layout = column(row(a_slider, v_slider, sizing_mode="stretch_width"),
-                    row(panels[0], readout, sizing_mode="stretch_width"),
-                    row(*panels[1:], sizing_mode="stretch_width"), sizing_mode="stretch_width")
+    layout = column(_flow(a_slider, v_slider), _flow(panels[0], readout), _flow(*panels[1:]),
+                    sizing_mode="stretch_width")
     return View(layout, "fluid", values)
+
+
+_READOUT_WIDTH = 330
+
+
+def _table_css():
+    from bokeh.models import InlineStyleSheet
+
+    # columns of one fixed width, wide enough for toPrecision(4)'s longest ("-1.234e-10")
+    return InlineStyleSheet(css="table { table-layout: fixed; width: 100%; border-collapse: collapse; }"
+                                " th, td { text-align: right; padding: 2px 4px; white-space: nowrap; }"
+                                " th:first-child { text-align: left; } caption { text-align: left; }")
 
 
 def _fluid_table(values: dict, rows: list) -> str:
@@ -573,6 +642,7 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
     Controls: which quantity (a column of the table, ``quantities``), and which curves are
     shown: a check box per ``hue`` value, drawn in its curve's colour (the legend), keeps
     every panel in step. Hovering a curve gives its name, the epoch and mean ± sd. The
+    band is clipped to where the quantity can lie (>= 0; an accuracy also <= 1). The
     curves are shipped in single precision (plenty for a figure, half the page weight).
 
     Args:
@@ -582,7 +652,7 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
         colors: ``hue`` value -> colour (default: the experiment plots' colours).
     """
     import matplotlib.colors as mcolors
-    from bokeh.layouts import column, row
+    from bokeh.layouts import column
     from bokeh.models import CheckboxGroup, ColumnDataSource, HoverTool, InlineStyleSheet, Select
 
     from kaf.experiments.plots import OUTPUT_COLORS
@@ -601,9 +671,14 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
     q0 = quantities[0]
     labels = {q: [_QUANTITY_LABELS.get(q, q).format(metric=_metric_name(table[table[panels] == g])) for g in groups]
               for q in quantities}
+    # the band (mean ± sd) stays where the quantity can be: losses, RMSEs and accuracies
+    # are >= 0, accuracies <= 1
+    bounds = {q: [(0.0, 1.0 if q == "test_metric" and _metric_name(table[table[panels] == g]) == "accuracy"
+                   else None) for g in groups] for q in quantities}
 
     figures: list = []
     sources: list = []
+    panel_of: list = []
     renderers: dict[str, list] = {str(name): [] for name in names}
     for g in groups:
         sub = table[table[panels] == g]
@@ -620,8 +695,10 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
                 cols[f"mean_{q}"] = stats[(q, "mean")].to_numpy().astype(np.float32)
                 cols[f"sd_{q}"] = stats[(q, "std")].to_numpy().astype(np.float32)
             mean, sd = cols[f"mean_{q0}"], cols[f"sd_{q0}"]
-            cols.update(y=mean, sd=sd, lo=mean - sd, hi=mean + sd)
+            bound = bounds[q0][len(figures)]
+            cols.update(y=mean, sd=sd, lo=np.clip(mean - sd, *bound), hi=np.clip(mean + sd, *bound))
             src = ColumnDataSource(cols, name=f"kaf-curve|{g}|{name}")
+            panel_of.append(len(figures))
             visible = name in shown
             band = p.varea("epoch", "lo", "hi", source=src, color=color[name], alpha=0.15, visible=visible)
             line = p.line("epoch", "y", source=src, color=color[name], line_width=2.5 if name == "kaf" else 1.5,
@@ -638,15 +715,17 @@ def curves_view(table, *, shown: Sequence[str] = ("kaf", "sigmoid", "tanh", "rel
         f"label:nth-of-type({i + 1}) span::before {{ background: {color[n]}; }}" for i, n in enumerate(names))
     css = ("label span::before { content: ''; display: inline-block; width: 16px; height: 4px; "
            "margin: 0 4px 3px 0; vertical-align: middle; }\n" + swatches)
+    css += "\n.bk-input-group { flex-wrap: wrap; column-gap: 4px; }"  # on a phone the boxes wrap
     shown_box = CheckboxGroup(labels=outputs, active=[i for i, n in enumerate(names) if n in shown], inline=True,
                               sizing_mode="stretch_width", stylesheets=[InlineStyleSheet(css=css)])
     quantity = Select(title="quantity", value=q0, width=180,
                       options=[(q, _QUANTITY_LABELS.get(q, q).format(metric="metric")) for q in quantities])
     callback = _callback("curves", sources=sources, renderers=renderers, outputs=outputs, shown=shown_box,
-                         quantity=quantity, axes=[p.yaxis[0] for p in figures], labels=labels)
+                         quantity=quantity, axes=[p.yaxis[0] for p in figures], labels=labels, bounds=bounds,
+                         panelOf=panel_of)
     shown_box.js_on_change("active", callback)
     quantity.js_on_change("value", callback)
-    grid_rows = [row(*figures[i:i + 2], sizing_mode="stretch_width") for i in range(0, len(figures), 2)]
+    grid_rows = [_flow(*figures[i:i + 2]) for i in range(0, len(figures), 2)]
     layout = column(quantity, _label(f"{hue}s shown (mean ± sd over seeds):"), shown_box, *grid_rows,
                     sizing_mode="stretch_width")
     return View(layout, "curves", {"shown": list(shown), "quantity": q0})
