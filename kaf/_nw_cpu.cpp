@@ -131,12 +131,12 @@ inline V fmadd(V a, V b, V c) {
 
 template <typename T>
 inline V_<T> select(M_<T> live, V_<T> a, V_<T> b) {
-  return (V_<T>)((live & (M_<T>)a) | (~live & (M_<T>)b));
+  return live ? a : b;
 }
 
 template <typename T>
 inline V_<T> vmax(V_<T> a, V_<T> b) {
-  return select<T>(a > b, a, b);
+  return a > b ? a : b;
 }
 
 template <typename T>
@@ -156,12 +156,11 @@ inline T hmax(V_<T> v) {
 // exp(x) for x <= 0: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a Taylor polynomial of
 // r (error below one ulp of the result), and 2^n built in the exponent bits from the integer
 // that the rounding trick leaves in the low mantissa bits. Below lo_limit (also -inf) the
-// result is exactly 0; the input is clamped there first, so nothing overflows.
+// lane's arithmetic is meaningless (even NaN, at full speed) and its bits are cleared: 0.
 inline V_<float> exp_nonpos(V_<float> x) {
   using V = V_<float>;
   using M = M_<float>;
   const M under = x < splat(Traits<float>::lo_limit);
-  x = select<float>(under, splat(Traits<float>::lo_limit), x);
   const V k = fmadd(x, splat(1.44269504088896341f), splat(Traits<float>::magic));
   const V fn = k - Traits<float>::magic;
   V r = fmadd(fn, splat(-0.693145751953125f), x);
@@ -182,7 +181,6 @@ inline V_<double> exp_nonpos(V_<double> x) {
   using V = V_<double>;
   using M = M_<double>;
   const M under = x < splat(Traits<double>::lo_limit);
-  x = select<double>(under, splat(Traits<double>::lo_limit), x);
   const V k = fmadd(x, splat(1.4426950408889634074), splat(Traits<double>::magic));
   const V fn = k - Traits<double>::magic;
   V r = fmadd(fn, splat(-6.93147180369123816490e-01), x);
@@ -224,12 +222,15 @@ inline void sweep(int64_t lo, int64_t hi, int64_t jex, F body) {
   M iota;
   for (int l = 0; l < W; ++l) iota[l] = (I)l;
   int64_t j = lo;
-  for (; j + W <= hi; j += W) {
-    if ((uint64_t)(jex - j) < (uint64_t)W)
-      body(Step<T, false, true>{j, W, iota != (M{} + (I)(jex - j))});
-    else
-      body(Step<T, false, false>{j, W, M{}});
+  if (jex >= lo && jex < hi) {  // plain steps up to the one holding jex, which is masked
+    const int64_t stop = jex - (jex - lo) % W;
+    for (; j < stop; j += W) body(Step<T, false, false>{j, W, M{}});
+    if (j + W <= hi) {
+      body(Step<T, false, true>{j, W, (M)(iota != (M{} + (I)(jex - j)))});
+      j += W;
+    }
   }
+  for (; j + W <= hi; j += W) body(Step<T, false, false>{j, W, M{}});
   if (j < hi) {
     M live = iota < (M{} + (I)(hi - j));
     if ((uint64_t)(jex - j) < (uint64_t)W) live &= iota != (M{} + (I)(jex - j));
@@ -430,27 +431,23 @@ struct Sums {
 };
 
 // A weight's exponent, -d^2 - shift, always with these two roundings (-d^2 first, as the
-// eager path and the first pass's maximum have it): the forward's second pass and the
-// backward form the same numbers, and the shift (the largest -d^2) gives exactly 0.
-template <typename T>
-inline V_<T> exponent(V_<T> d, T shift) {
-  const V_<T> l = -(d * d);
-  return shift == T(0) ? l : l - shift;
+// eager path and the maximum have it, then the shift; with shift 0 the second is exact): the
+// forward's passes and the backward form the same numbers, and the largest gives exactly 0.
+template <typename V>
+inline V exponent(V d, V shift) {
+  return fmadd(-d, d, V{}) - shift;
 }
 
-// The row sums of one piece of a row, weights e^{-d^2 - shift}; with Max (the first pass,
-// shift 0) also the largest kept log-weight -d^2, into mx.
-template <typename T, bool AB, bool Max>
-inline void row_sums(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T shift, T& mx,
+// The row sums of one piece of a row, weights e^{-d^2 - shift}.
+template <typename T, bool AB>
+inline void row_sums(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T shift,
                      Sums<T>& out) {
   using V = V_<T>;
-  const V va = splat(ai), vs = splat(s);
-  V S{}, Sy{}, Sd{}, Sd2{}, vmx = splat(mx);
+  const V va = splat(ai), vs = splat(s), vshift = splat(shift);
+  V S{}, Sy{}, Sd{}, Sd2{};
   sweep<T>(lo, hi, jex, [&](auto step) {
     const V d = (step.load(bc) - va) * vs;
-    const V l = exponent(d, shift);
-    if constexpr (Max) vmx = vmax<T>(vmx, step.keep(l, -std::numeric_limits<T>::infinity()));
-    const V w = step.keep(exp_nonpos(l));
+    const V w = step.keep(exp_nonpos(exponent(d, vshift)));
     S += w;
     Sy = fmadd(w, step.load(yc), Sy);
     if constexpr (AB) {
@@ -459,7 +456,6 @@ inline void row_sums(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t j
       Sd2 = fmadd(wd, d, Sd2);
     }
   });
-  if constexpr (Max) mx = hmax<T>(vmx);
   out.S += hsum<T>(S), out.Sy += hsum<T>(Sy);
   if constexpr (AB) out.Sd += hsum<T>(Sd), out.Sd2 += hsum<T>(Sd2);
 }
@@ -472,19 +468,29 @@ inline T row_max(const T* bc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T 
   V vmx = splat(mx);
   sweep<T>(lo, hi, jex, [&](auto step) {
     const V d = (step.load(bc) - va) * vs;
-    vmx = vmax<T>(vmx, step.keep(exponent(d, T(0)), -std::numeric_limits<T>::infinity()));
+    vmx = vmax<T>(vmx, step.keep(exponent(d, V{}), -std::numeric_limits<T>::infinity()));
   });
   return hmax<T>(vmx);
 }
 
 // Softmax weights need a shift only to keep the largest weight from underflowing: when a
-// row's unshifted weights sum to at least e^kNoShift, they are used as they are (one pass
-// instead of two); the weights they flush to zero (e^{-87} and less) are then below e^{-57}
-// of the sum, beyond float64 precision. A row whose sum is smaller (a query far from every
-// reference point) gets a second pass shifted by its largest log-weight, and its stored
+// row's unshifted weights sum to at least e^kNoShift, they are used as they are (one pass);
+// the weights they flush to zero (e^{-87} and less) are then below e^{-57} of the sum, beyond
+// float64 precision. A row whose sum is smaller (a query far from every reference point) is
+// summed again, shifted by its largest log-weight (shifted_sums), and its stored
 // log-normaliser is kept below kNoShift: the backward tells the two kinds of row apart by it
-// alone.
+// alone, and forms a far row's shift and sums again with the same function.
 constexpr double kNoShift = -30.0;
+
+// a far row's shift (its largest kept -d^2) and its row sums shifted by it
+template <typename T, bool AB>
+inline T shifted_sums(const Excluded& ex, int64_t i, int64_t m, const T* bc, const T* yc, T ai, T s, Sums<T>& sums) {
+  T mx = -std::numeric_limits<T>::infinity();
+  pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) { mx = row_max<T>(bc, j0, j1, jex, ai, s, mx); });
+  sums = Sums<T>();
+  pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) { row_sums<T, AB>(bc, yc, j0, j1, jex, ai, s, mx, sums); });
+  return mx;
+}
 
 template <typename T, bool AB>
 void forward_rows(int64_t lo, int64_t hi, int64_t n, int64_t m, int64_t kn, const T* a, const T* b, const T* ycen,
@@ -495,17 +501,13 @@ void forward_rows(int64_t lo, int64_t hi, int64_t n, int64_t m, int64_t kn, cons
     const T* bc = b + c * m;
     const T* yc = ycen + c * m;
     const T ai = a[task], s = inv[c];
-    T mx = ninf;
     Sums<T> sums;
     pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) {
-      row_sums<T, AB, true>(bc, yc, j0, j1, jex, ai, s, T(0), mx, sums);
+      row_sums<T, AB>(bc, yc, j0, j1, jex, ai, s, T(0), sums);
     });
     T L = std::log(sums.S);
     if (!(L >= T(kNoShift))) {  // far from every reference point: again, shifted by the maximum
-      sums = Sums<T>();
-      pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) {
-        row_sums<T, AB, false>(bc, yc, j0, j1, jex, ai, s, mx, mx, sums);
-      });
+      const T mx = shifted_sums<T, AB>(ex, i, m, bc, yc, ai, s, sums);
       L = std::min(mx + std::log(sums.S), std::nextafter(T(kNoShift), ninf));
     }
     const T o = sums.Sy / sums.S;
@@ -559,11 +561,11 @@ template <typename T, bool B, bool Y>
 inline void backward_piece(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T shift, T o,
                            T dbar, T d2bar, T gs, T* cb, T* cy, T& r1_out, T& r0_out) {
   using V = V_<T>;
-  const V va = splat(ai), vs = splat(s), vo = splat(o), vdbar = splat(dbar), vd2bar = splat(-d2bar), vg = splat(gs);
+  const V va = splat(ai), vs = splat(s), vshift = splat(shift), vo = splat(o), vdbar = splat(dbar), vd2bar = splat(-d2bar), vg = splat(gs);
   V r1{}, r0{};
   sweep<T>(lo, hi, jex, [&](auto step) {
     const V d = (step.load(bc) - va) * vs;
-    const V w = step.keep(exp_nonpos(exponent(d, shift)));
+    const V w = step.keep(exp_nonpos(exponent(d, vshift)));
     const V u = w * (step.load(yc) - vo);
     r1 = fmadd(u, d - vdbar, r1);
     r0 = fmadd(u, fmadd(d, d, vd2bar), r0);
@@ -582,7 +584,6 @@ void backward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* 
   for (int64_t c = 0; c < k; ++c) inv[c] = (T)(1.0 / (std::sqrt(2.0) * (double)h[c]));
   const bool cols_needed = grad_b || grad_y;
   const int nt = std::max(1, use_threads(k * n * m, threads));
-  const T ninf = -std::numeric_limits<T>::infinity();
   // per thread: columns of grad_b and grad_y; per query: g_i times the two row sums
   std::vector<T> cols(cols_needed ? (size_t)nt * 2 * k * m : 0, T(0));
   std::vector<T> rows((size_t)2 * k * n, T(0));
@@ -604,13 +605,9 @@ void backward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* 
       if (L >= T(kNoShift)) {
         scale = (T)std::exp(-(double)L);
       } else {
-        T mx = ninf;
-        pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) { mx = row_max<T>(bc, j0, j1, jex, ai, s, mx); });
         Sums<T> sums;
-        pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) {
-          row_sums<T, false, false>(bc, yc, j0, j1, jex, ai, s, mx, mx, sums);
-        });
-        shift = mx, scale = T(1) / sums.S;
+        shift = shifted_sums<T, false>(ex, i, m, bc, yc, ai, s, sums);
+        scale = T(1) / sums.S;
       }
       const T gs = gi * scale;
       const T dbar = dmean ? dmean[task] : T(0), d2bar = dmean ? dmean[k * n + task] : T(0);
