@@ -471,3 +471,17 @@ def test_kernel_compiles_for_avx512(tmp_path):
         pytest.skip("an x86-64 target")
     elf = _cross_compile(_fused._compiler() or "c++", _fused._BASE_FLAGS + ["-march=x86-64-v4", "-fopenmp"], tmp_path)
     assert elf[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("torch_bytes", [16, 32, 64])
+def test_auto_takes_the_kernel_only_where_its_vectors_are_as_wide_as_torchs(monkeypatch, torch_bytes):
+    """The portable build (16-byte vectors) measured no faster than the eager path on an AVX2
+    CPU, the AVX2 build twice as fast: auto compares the widths, cpp always takes the kernel."""
+    monkeypatch.setattr(_fused, "torch_vector_bytes", lambda: torch_bytes)
+    kernel = _fused.library()
+    probe = torch.zeros(2, 1)
+    monkeypatch.setenv("KAF_NW_BACKEND", "auto")
+    assert _fused.applies(probe) == (kernel.vector_bytes >= torch_bytes)
+    assert (_fused.describe()["nw_path"] == "fused kernel") == (kernel.vector_bytes >= torch_bytes)
+    monkeypatch.setenv("KAF_NW_BACKEND", "cpp")
+    assert _fused.applies(probe)
