@@ -16,6 +16,9 @@ float32/float64 CPU tensors; the choice is the environment variable ``KAF_NW_BAC
 * ``cpp``: the fused kernel where it applies, and an error if it cannot be built;
 * ``eager``: never (the torch-operations path of :mod:`kaf.estimators`).
 
+``KAF_NW_ISA`` picks the instruction sets of the build (part of its cache key): ``native``
+(default), ``portable`` (the architecture's baseline) or ``x86-64-v3`` (AVX2 and FMA).
+
 Where it does not apply the eager path runs in every mode: CUDA and other devices,
 float16/bfloat16 (computed in float32 by the eager path), double backward
 (``create_graph=True``), :mod:`torch.func` transforms and forward-mode AD.

@@ -1,12 +1,13 @@
 // The Gaussian Nadaraya–Watson estimator of kaf.estimators, fused for the CPU.
 //
 // Built at first use by kaf/_fused.py (a plain shared library loaded with ctypes: no torch
-// headers, so it compiles in about two seconds) and used by kaf.estimators.nadaraya_watson for
+// headers, so it compiles in a few seconds) and used by kaf.estimators.nadaraya_watson for
 // float32/float64 CPU tensors. The eager path in kaf/estimators.py computes the same numbers
 // with several passes over an (k, n, m) tensor of weights; here each query's weights live in
-// registers only: one pass finds the largest log-weight, one forms the weights and every
-// row sum the forward and the gradients need, and the backward recomputes the weights in one
-// more pass. Memory is O(k (n + m)), whatever n and m and however many pairs are left out.
+// registers only: one pass forms the weights and every row sum the forward and the
+// gradients need (a query far from every reference point gets two more, see kNoShift), and
+// the backward recomputes the weights in one more pass. Memory is O(k (n + m)), whatever n
+// and m and however many pairs are left out.
 //
 // Layout: a (k, n) query indices, b (k, m) reference indices, y (k, m) targets, h (k)
 // bandwidths, all contiguous. With scaled gaps d_ij = (b_j - a_i) / (sqrt2 h), weights
