@@ -73,6 +73,8 @@ class FlushDenormals {
 
  private:
   unsigned int saved_;
+#else
+  FlushDenormals() {}  // elsewhere (aarch64: subnormals in hardware) the state is left as it is
 #endif
 };
 
@@ -198,7 +200,6 @@ inline V_<double> exp_nonpos(V_<double> x) {
 // the last, partial step), live the lanes that count (meaningful only with Masked).
 template <typename T, bool Tail, bool Masked>
 struct Step {
-  static constexpr bool tail = Tail, masked = Masked;
   int64_t j;
   int count;
   M_<T> live;
