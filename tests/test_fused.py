@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 from unittest import mock
 
 import mpmath
@@ -485,3 +486,36 @@ def test_auto_takes_the_kernel_only_where_its_vectors_are_as_wide_as_torchs(monk
     assert (_fused.describe()["nw_path"] == "fused kernel") == (kernel.vector_bytes >= torch_bytes)
     monkeypatch.setenv("KAF_NW_BACKEND", "cpp")
     assert _fused.applies(probe)
+
+
+def _check_program(cxx: str, flags, tmp_path):
+    """tests/nw_cpu_check.cpp (the kernel against the closed forms, in C++) built with ``cxx``."""
+    target = tmp_path / "nw_cpu_check"
+    source = Path(__file__).with_name("nw_cpu_check.cpp")
+    proc = subprocess.run([cxx, *flags, f'-DKAF_NW_SOURCE="{_fused._SOURCE}"', "-o", str(target), str(source)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return target
+
+
+def test_kernel_matches_the_closed_forms_in_cpp(tmp_path):
+    """The C++ check, built for this CPU: values and the four gradients within tolerance."""
+    program = _check_program(_fused._compiler() or "c++", ["-O3", "-std=c++17", "-ffp-contract=off", "-march=native",
+                                                           "-pthread"], tmp_path)
+    proc = subprocess.run([str(program)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_kernel_runs_on_aarch64_under_qemu(tmp_path):
+    """The NEON loops run (qemu-user) and match the closed forms."""
+    for tool, package in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64", "qemu-user")):
+        if shutil.which(tool) is None:
+            reason = f"{tool} is not installed (Debian: apt-get install {package})"
+            if os.environ.get("CI"):
+                pytest.fail(f"{reason}; CI must run the kernel for aarch64", pytrace=False)
+            pytest.skip(reason)
+    program = _check_program("aarch64-linux-gnu-g++", ["-O3", "-std=c++17", "-ffp-contract=off", "-pthread",
+                                                       "-static"], tmp_path)
+    proc = subprocess.run(["qemu-aarch64", str(program)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "neon, 16-byte vectors" in proc.stdout
