@@ -476,8 +476,9 @@ def test_kernel_compiles_for_avx512(tmp_path):
 
 @pytest.mark.parametrize("torch_bytes", [16, 32, 64])
 def test_auto_takes_the_kernel_only_where_its_vectors_are_as_wide_as_torchs(monkeypatch, torch_bytes):
-    """The portable build (16-byte vectors) measured no faster than the eager path on an AVX2
-    CPU, the AVX2 build twice as fast: auto compares the widths, cpp always takes the kernel."""
+    """On an AVX2 CPU the portable build (16-byte vectors) measured between 5% slower and 14%
+    faster than the eager path, the AVX2 build about twice as fast: auto compares the widths,
+    cpp always takes the kernel."""
     monkeypatch.setattr(_fused, "torch_vector_bytes", lambda: torch_bytes)
     kernel = _fused.library()
     probe = torch.zeros(2, 1)
