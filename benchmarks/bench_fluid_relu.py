@@ -26,7 +26,7 @@ MISS for each and exits 0 either way (it is a measurement, not a test).
 
 Usage::
 
-    python benchmarks/bench_fluid_relu.py [--device cpu|cuda] [--repeats 30] [--variant exp|sigmoid] [--threads N]
+    python benchmarks/bench_fluid_relu.py [--device cpu|cuda] [--repeats 30] [--variant exp|sigmoid] [--threads N] [--record PATH]
 
 On a CPU shared with other busy processes the multi-threaded timings are unreliable
 (each parallel op may wait a scheduler time slice for a descheduled worker thread, so
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+import _record
 from kaf.nn import FluidReLU
 
 TARGETS = {"time": 1.0, "peak memory": 1.5}
@@ -100,12 +101,14 @@ def main() -> None:
     parser.add_argument("--variant", default="exp", choices=("exp", "sigmoid"))
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--shape", type=int, nargs=4, default=(64, 32, 28, 28), metavar=("N", "C", "H", "W"))
+    _record.add_argument(parser)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    print(_record.header())
 
     torch.manual_seed(0)
     shape = tuple(args.shape)
@@ -148,6 +151,10 @@ def main() -> None:
     for what, r in (("time", t_ratio), ("peak memory", m_ratio)):
         target = TARGETS[what]
         print(f"FluidReLU/PReLU {what} ratio: {r:.3f}  (target <= {target})  {'PASS' if r <= target else 'MISS'}")
+    _record.write(args.record, "bench_fluid_relu", {
+        "device": str(device), "shape": list(shape), "variant": args.variant, "repeats": args.repeats,
+        "median_ms": {name: 1e3 * v for name, v in med.items()}, "peak_bytes": peak,
+        "ratio_time": t_ratio, "ratio_peak_memory": m_ratio, "targets": TARGETS})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ rounds, each the mean of ``--inner`` calls), so drift hits both.
 Usage::
 
     python benchmarks/bench_kaf_output.py [--device cpu|cuda] [--repeats 7] [--inner 10] [--n 1000] [--threads N]
-        [--clock wall|cpu]
+        [--clock wall|cpu] [--record PATH]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import math
 import os
-import platform
 import statistics
 import time
 
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import _record
 from kaf import _fused
 from kaf.estimators import nadaraya_watson
 from kaf.nn import KernelOutput
@@ -126,14 +126,7 @@ def side_by_side(a, b, device, repeats, inner_a, inner_b):
 
 
 def machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _record.machine()
     return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
@@ -247,6 +240,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000, help="training points = calc points (n = m)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or process CPU time (for a busy machine, with --threads 1)")
+    _record.add_argument(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.inner < 1 or args.n < 2:
         parser.error("--repeats and --inner must be >= 1 and --n >= 2")
@@ -258,11 +252,14 @@ def main(argv=None):
         CLOCK = time.process_time
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    print(_record.header())
     print(f"device {device}: {machine(device)}; torch {torch.__version__}; {args.clock} clock")
     if device.type == "cpu" and os.getloadavg()[0] > os.cpu_count():
         print(f"WARNING: load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} cores: timings are noisy")
 
-    thesis_vs_kaf(args.n, device, args.repeats, args.inner)
+    ratio_loop, equal = thesis_vs_kaf(args.n, device, args.repeats, args.inner)
+    results = {"clock": args.clock, "loop_over_kernel_output": ratio_loop, "equal_to_float64": equal,
+               "target_loop": TARGET_LOOP, "target_softmax": TARGET_SOFTMAX}
 
     print(f"[2] nadaraya_watson forward + backward vs one softmax over n*m*k entries; the estimator runs in "
           f"{estimator_path(device)}, 'eager' is its torch-operations path")
@@ -271,9 +268,12 @@ def main(argv=None):
         t_nw, t_eager, t_sm = estimator_vs_softmax(n, n, k, same, device, args.repeats, args.inner)
         ratio = t_nw / t_sm
         target = f"(target <= {TARGET_SOFTMAX:g}: {'PASS' if ratio <= TARGET_SOFTMAX else 'MISS'})" if n == args.n else ""
+        results[f"n{n}_k{k}"] = {"estimator_ms": 1e3 * t_nw, "eager_ms": 1e3 * t_eager, "softmax_ms": 1e3 * t_sm,
+                                 "estimator_over_softmax": ratio, "eager_over_estimator": t_eager / t_nw}
         print(f"    n = m = {n:4d}, k = {k:2d} ({label}):")
         print(f"        estimator {1e3 * t_nw:7.3f} ms, eager {1e3 * t_eager:7.3f} ms ({t_eager / t_nw:4.2f}x the "
               f"estimator), softmax {1e3 * t_sm:7.3f} ms; estimator / softmax = {ratio:4.2f} {target}")
+    _record.write(args.record, "bench_kaf_output", results)
 
 
 if __name__ == "__main__":

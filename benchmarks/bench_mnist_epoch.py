@@ -17,6 +17,7 @@ seeds. Target: the batch reference costs at most 1.5x the sigmoid
 epoch at the calc set's accuracy (not more than 0.01 below it).
 
     python benchmarks/bench_mnist_epoch.py [--device cuda] [--epochs 10] [--seeds 3] [--calc-size M] [--threads T]
+        [--record PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import warnings
 
 import torch
 
+import _record
 from kaf.experiments import ExperimentConfig, prepare, run
 from kaf.experiments.registry import dataset_defaults
 
@@ -41,11 +43,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (the first one is a warm-up)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each trains all three outputs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    _record.add_argument(parser)
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (one warm-up epoch plus at least one timed), got {args.epochs}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    torch.set_num_threads(args.threads)  # before the header, which states the thread count
+    print(_record.header(), flush=True)
     base = dict(dataset_defaults("mnist", "full"), batch_size=128, epochs=args.epochs, device=args.device,
                 threads=args.threads, name="bench")
     if args.calc_size is not None:
@@ -79,6 +84,10 @@ def main(argv=None) -> dict:
     met = ratio <= TARGET and gap >= -ACC_TOL
     print(f"batch reference / sigmoid epoch = {ratio:.2f} (target <= {TARGET:g}); accuracy batch - calc set = "
           f"{gap:+.4f} (at least -{ACC_TOL:g}): {'met' if met else 'NOT met'}")
+    _record.write(args.record, "bench_mnist_epoch", {
+        "ratio_batch_to_sigmoid": ratio, "ratio_calc_to_sigmoid": t["calc"] / t["sigmoid"], "accuracy": acc,
+        "seeds": args.seeds, "epochs": args.epochs, "target": TARGET, "calc_size": m,
+        "ms_per_epoch": {a: 1e3 * v for a, v in t.items()}, "met": met})
     return dict(ratio=ratio, gap=gap, times=t, accuracy=acc)
 
 

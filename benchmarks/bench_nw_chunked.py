@@ -14,7 +14,7 @@ whose memory is O((n + m) k) without chunks) and on its torch-operations path wi
 
 Target: peak < 2 GiB at m = 60,000, k = 10.
 
-    python benchmarks/bench_nw_chunked.py [--n 2000] [--m 60000] [--k 10] [--chunk 128] [--device cpu]
+    python benchmarks/bench_nw_chunked.py [--n 2000] [--m 60000] [--k 10] [--chunk 128] [--device cpu] [--record PATH]
 """
 
 from __future__ import annotations
@@ -72,10 +72,14 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=128, help="queries per chunk")
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--record", default=None, metavar="PATH", help="also write the results as a JSON record to PATH")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args)))
         return
+    import _record  # the parent only: the children measure their memory from a clean start
+
+    print(_record.header())
     cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--m", str(args.m), "--k", str(args.k),
            "--chunk", str(args.chunk), "--device", args.device]
     # on the CPU: the path nadaraya_watson takes (the fused kernel, which needs no chunks), and
@@ -86,6 +90,8 @@ def main(argv=None):
           f"chunk_size={args.chunk}, device={args.device}")
     print(f"weights alone, unchunked: {unchunked / GIB:.3f} GiB")
     ok = True
+    results = {"n": args.n, "m": args.m, "k": args.k, "chunk": args.chunk, "unchunked_weights_bytes": unchunked,
+               "target_peak_bytes": 2 * GIB, "paths": {}}
     for label, backend in paths:
         env = dict(os.environ)
         if backend is not None:
@@ -95,7 +101,10 @@ def main(argv=None):
               f"query), peak {res['peak_bytes'] / GIB:.3f} GiB ({unchunked / max(res['peak_bytes'], 1):.0f}x below "
               f"the unchunked weights), outputs and gradients finite: {res['finite']}")
         ok &= res["peak_bytes"] < 2 * GIB and res["finite"]
+        results["paths"][label] = res
     print(f"target peak < 2 GiB on every path: {'PASS' if ok else 'MISS'}")
+    results["met"] = bool(ok)
+    _record.write(args.record, "bench_nw_chunked", results)
 
 if __name__ == "__main__":
     main()

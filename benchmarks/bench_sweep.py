@@ -21,7 +21,7 @@ The script prints PASS or MISS and exits 0 either way (it is a measurement, not 
 
 Usage::
 
-    python benchmarks/bench_sweep.py [--scale quick|full] [--jobs 2] [--rounds 1] [--only NAME ...] [--keep DIR]
+    python benchmarks/bench_sweep.py [--scale quick|full] [--jobs 2] [--rounds 1] [--only NAME ...] [--keep DIR] [--record PATH]
 
 ``--keep DIR`` writes the parallel command's output (tables, ``provenance.json``,
 ``verdicts.csv``, run records) into ``DIR`` instead of a temporary folder, so one
@@ -47,6 +47,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _record
 
 TARGET = 1.7
 
@@ -95,10 +97,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="experiments (default: all)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write the parallel command's output here instead of a temporary folder")
+    _record.add_argument(parser)
     args = parser.parse_args()
     if args.jobs < 2 or args.rounds < 1:
         parser.error("--jobs must be >= 2 and --rounds >= 1")
 
+    print(_record.header())
     load, cores = os.getloadavg()[0], os.cpu_count()
     if load > cores:
         print(f"WARNING: load average {load:.1f} on {cores} cores: the wall times below measure the "
@@ -126,6 +130,9 @@ def main() -> None:
     verdict = "PASS" if speedup >= TARGET and equal else "MISS"
     print(f"speed-up serial / jobs={args.jobs}: {speedup:.2f} x (target >= {TARGET} on 2 cores, scale "
           f"{args.scale}); tables equal: {equal}  {verdict}")
+    _record.write(args.record, "bench_sweep", {
+        "scale": args.scale, "jobs": args.jobs, "rounds": args.rounds, "only": args.only,
+        "wall_s": {str(j): w for j, w in walls.items()}, "speedup": speedup, "tables_equal": equal, "target": TARGET})
 
 
 if __name__ == "__main__":

@@ -1,16 +1,23 @@
 """The fused CPU kernel of the Gaussian Nadaraya–Watson estimator: build, load, call.
 
 ``kaf/_nw_cpu.cpp`` is compiled at first use with the system's C++ compiler into a small
-shared library (plain C ABI, no torch headers: about two seconds), cached under
+shared library (plain C ABI, no torch headers: a few seconds), cached under
 ``$KAF_CACHE_DIR`` (default ``$XDG_CACHE_HOME/kaf``, else ``~/.cache/kaf``) by a hash of
 the source, the compiler, its flags and the CPU, and loaded with :mod:`ctypes` (which
 releases the GIL during the call). :func:`kaf.estimators.nadaraya_watson` uses it for
 float32/float64 CPU tensors; the choice is the environment variable ``KAF_NW_BACKEND``:
 
-* ``auto`` (default): the fused kernel where it applies; if it cannot be built (no
-  compiler), one warning and the eager path from then on;
+* ``auto`` (default): the fused kernel where it applies and its vectors are at least as wide
+  as those of torch's own CPU kernels (``torch.backends.cpu.get_cpu_capability()``: 64 bytes
+  with AVX-512, 32 with AVX2, else 16), else the eager path. Side by side on one CPU, the
+  kernel was 1.8 to 2.4 times faster than the eager path at equal width (AVX2), and at half
+  width between 5% slower and 14% faster (README, "Benchmarks"); if it cannot be built (no compiler), one warning and the
+  eager path from then on;
 * ``cpp``: the fused kernel where it applies, and an error if it cannot be built;
 * ``eager``: never (the torch-operations path of :mod:`kaf.estimators`).
+
+``KAF_NW_ISA`` picks the instruction sets of the build (part of its cache key): ``native``
+(default), ``portable`` (the architecture's baseline) or ``x86-64-v3`` (AVX2 and FMA).
 
 Where it does not apply the eager path runs in every mode: CUDA and other devices,
 float16/bfloat16 (computed in float32 by the eager path), double backward
@@ -23,6 +30,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -34,19 +42,36 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BACKENDS", "backend", "available", "applies", "library", "excluded", "forward", "backward", "FusedUnavailable"]
+__all__ = ["BACKENDS", "ISAS", "backend", "isa", "Kernel", "available", "applies", "describe", "torch_vector_bytes", "library", "excluded", "forward", "backward", "FusedUnavailable"]
 
 BACKENDS = ("auto", "cpp", "eager")
+ISAS = ("native", "portable", "x86-64-v3")
 _SOURCE = Path(__file__).with_name("_nw_cpu.cpp")
-_ABI = 4
-# the compiler is tried with these flags in turn: the CPU's own vector instructions first
-# (the library is built on the machine that runs it; the CPU is part of the cache key), with
-# OpenMP (threads from the runtime torch uses), then without each in turn
-_FLAG_SETS = (
-    ["-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fopenmp"],
-    ["-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fopenmp-simd", "-pthread"],
-    ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-pthread"],
-)
+#: flags of every build: -ffp-contract=off because the kernel writes out the multiply-adds it
+#: wants fused, so that its forward and backward round each weight's exponent the same way
+_BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]
+#: the instruction sets a build may use, per ``KAF_NW_ISA``: the CPU's own (the library is
+#: built on the machine that runs it, and the CPU is part of the cache key), the architecture's
+#: baseline (SSE2 on x86-64, NEON on aarch64), or AVX2 with FMA (x86-64 only)
+_ISA_FLAGS = {"native": ["-march=native"], "portable": [], "x86-64-v3": ["-march=x86-64-v3"]}
+
+
+def isa() -> str:
+    """The instruction sets asked for by ``KAF_NW_ISA`` (``native`` when unset)."""
+    value = os.environ.get("KAF_NW_ISA", "native").strip().lower() or "native"
+    if value not in ISAS:
+        raise ValueError(f"KAF_NW_ISA must be one of {ISAS}, got {value!r}")
+    return value
+
+
+def _flag_sets(which: str):
+    """The flag sets tried in turn for ``which``: with OpenMP (threads from the runtime torch
+    uses), then without it, then (native only) without -march, for compilers that lack it."""
+    march = _ISA_FLAGS[which]
+    sets = [_BASE_FLAGS + march + ["-fopenmp"], _BASE_FLAGS + march + ["-fopenmp-simd", "-pthread"]]
+    if which == "native":
+        sets.append(_BASE_FLAGS + ["-fopenmp-simd", "-pthread"])
+    return sets
 
 
 class FusedUnavailable(RuntimeError):
@@ -54,7 +79,7 @@ class FusedUnavailable(RuntimeError):
 
 
 _lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
+_lib: Optional["Kernel"] = None
 _failure: Optional[str] = None
 _warned = False
 
@@ -92,19 +117,71 @@ def _cpu_signature() -> str:
     return text
 
 
-#: flags of a portable build (no instruction sets beyond the architecture's baseline): the
-#: tests build it too, so the loops without AVX-512 are checked on machines that have it
-PORTABLE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp"]
+def _abi(source: bytes) -> int:
+    """The interface version the source declares (its one ``#define KAF_NW_ABI``)."""
+    match = re.search(rb"^#define KAF_NW_ABI (\d+)$", source, re.M)
+    if match is None:
+        raise FusedUnavailable(f"{_SOURCE} declares no KAF_NW_ABI")
+    return int(match.group(1))
 
 
-def _build(flag_sets=_FLAG_SETS) -> ctypes.CDLL:
+_CTYPES = {"int64_t": ctypes.c_int64, "int32_t": ctypes.c_int32}
+
+
+def _args_structure(text: str):
+    """The ctypes mirror of the kernel's ``KafNwArgs``, from the field list the library reports
+    (``"int64_t k;int64_t n;...const void* a;..."``): pointers become ``c_void_p``."""
+    fields = []
+    for decl in filter(None, (part.strip() for part in text.split(";"))):
+        ctype, name = decl.rsplit(" ", 1)
+        fields.append((name, ctypes.c_void_p if ctype.endswith("*") else _CTYPES[ctype]))
+    return type("KafNwArgs", (ctypes.Structure,), {"_fields_": fields})
+
+
+class Kernel:
+    """One loaded build of the kernel: the library, the ctypes structure of its arguments, the
+    flags it was compiled with and the instruction sets its loops use (as the library says)."""
+
+    def __init__(self, lib: ctypes.CDLL, flags, path: Path):
+        self.lib, self.flags, self.path = lib, list(flags), path
+        lib.kaf_nw_isa.restype = lib.kaf_nw_args.restype = ctypes.c_char_p
+        self.isa = lib.kaf_nw_isa().decode()
+        width = re.search(r"(\d+)-byte", self.isa)
+        if width is None:
+            raise FusedUnavailable(f"the kernel library names no vector width in its ISA string {self.isa!r}")
+        self.vector_bytes = int(width.group(1))
+        self.Args = _args_structure(lib.kaf_nw_args().decode())
+        self._names = frozenset(name for name, _ in self.Args._fields_)
+        for entry in ("kaf_nw_excluded", "kaf_nw_forward", "kaf_nw_backward"):
+            getattr(lib, entry).argtypes = [ctypes.POINTER(self.Args)]
+            getattr(lib, entry).restype = ctypes.c_int64
+
+    def call(self, entry: str, **fields):
+        """Call ``kaf_nw_<entry>`` with one KafNwArgs holding ``fields`` (tensors are passed by
+        their data pointer, None as NULL); returns (its result, the arguments as it left them)."""
+        unknown = fields.keys() - self._names
+        if unknown:
+            raise TypeError(f"kaf._fused: the kernel has no argument {sorted(unknown)}")
+        args = self.Args(**{k: v.data_ptr() if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+        return getattr(self.lib, "kaf_nw_" + entry)(ctypes.byref(args)), args
+
+
+def _build(which: Optional[str] = None) -> Kernel:
+    """Build (or find in the cache) and load the kernel for ``KAF_NW_ISA`` (or ``which``)."""
+    which = which or isa()
+    if which == "x86-64-v3":
+        flags = _cpu_signature().split()
+        if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= set(flags):
+            raise FusedUnavailable("KAF_NW_ISA=x86-64-v3 needs an x86-64 CPU with AVX2 and FMA; this one is "
+                                   f"{platform.machine()} without them")
     cxx = _compiler()
     if cxx is None:
         raise FusedUnavailable("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
     source = _SOURCE.read_bytes()
+    abi = _abi(source)
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     errors = []
-    for flags in flag_sets:
+    for flags in _flag_sets(which):
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         suffix = ".dll" if sys.platform == "win32" else ".so"
@@ -131,29 +208,15 @@ def _build(flag_sets=_FLAG_SETS) -> ctypes.CDLL:
             except OSError as e:
                 errors.append(f"{target}: {e}")
                 continue
-            if lib.kaf_nw_abi_version() != _ABI:
-                errors.append(f"{target}: ABI version {lib.kaf_nw_abi_version()} != {_ABI}")
+            if lib.kaf_nw_abi_version() != abi:
+                errors.append(f"{target}: ABI version {lib.kaf_nw_abi_version()} != {abi}")
                 continue
-            _declare(lib)
-            return lib
+            return Kernel(lib, flags, target)
     raise FusedUnavailable("could not build kaf/_nw_cpu.cpp:\n" + "\n".join(errors))
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    i64, p, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.kaf_nw_excluded.argtypes = [i64, i64, p, p, p, p, i64]
-    lib.kaf_nw_excluded.restype = i64
-    for suffix in ("f32", "f64"):
-        f = getattr(lib, f"kaf_nw_forward_{suffix}")
-        f.argtypes = [i64, i64, i64] + [p] * 6 + [c_int] + [p] * 5 + [c_int, p]
-        f.restype = c_int
-        b = getattr(lib, f"kaf_nw_backward_{suffix}")
-        b.argtypes = [i64, i64, i64] + [p] * 14 + [c_int]
-        b.restype = None
-
-
-def library() -> ctypes.CDLL:
-    """The loaded kernel library, built on first call; raises :class:`FusedUnavailable`."""
+def library() -> Kernel:
+    """The loaded kernel (:class:`Kernel`), built on first call; raises :class:`FusedUnavailable`."""
     global _lib, _failure
     if _lib is not None:
         return _lib
@@ -178,6 +241,39 @@ def available() -> bool:
     return True
 
 
+#: vector widths of torch's CPU kernels per dispatch level (others: 16 bytes)
+_TORCH_VECTOR_BYTES = {"AVX512": 64, "AVX2": 32, "SVE256": 32}
+
+
+def torch_vector_bytes() -> int:
+    """The vector width of torch's own CPU kernels, which the eager path runs on."""
+    return _TORCH_VECTOR_BYTES.get(torch.backends.cpu.get_cpu_capability(), 16)
+
+
+def _auto_fused(kernel: Kernel) -> bool:
+    """``auto``'s rule: the kernel, unless its vectors are narrower than torch's own."""
+    return kernel.vector_bytes >= torch_vector_bytes()
+
+
+def describe() -> dict:
+    """What a benchmark states about the kernel: ``isa`` (its instruction sets and vector
+    width), ``flags`` (the compiler's) and ``nw_path``, the path ``KAF_NW_BACKEND`` gives a
+    float32 CPU call (building the kernel if needed)."""
+    try:
+        kernel = library()
+    except FusedUnavailable as e:
+        return {"isa": "none", "flags": "", "nw_path": f"eager (no fused kernel: {str(e).splitlines()[0]})"}
+    mode = backend()
+    if mode == "eager":
+        path = "eager (KAF_NW_BACKEND=eager)"
+    elif mode == "cpp" or _auto_fused(kernel):
+        path = "fused kernel"
+    else:
+        path = (f"eager (auto: the kernel's {kernel.vector_bytes}-byte vectors are narrower than torch's "
+                f"{torch_vector_bytes()}-byte ones)")
+    return {"isa": kernel.isa, "flags": " ".join(kernel.flags), "nw_path": path}
+
+
 def applies(a: torch.Tensor) -> bool:
     """Whether the fused kernel should compute a call on tensors like ``a``, per ``KAF_NW_BACKEND``."""
     global _warned
@@ -186,10 +282,8 @@ def applies(a: torch.Tensor) -> bool:
     mode = backend()
     if mode == "eager":
         return False
-    if _lib is not None:
-        return True
     try:
-        library()
+        kernel = library()
     except FusedUnavailable as e:
         if mode == "cpp":
             raise
@@ -199,29 +293,26 @@ def applies(a: torch.Tensor) -> bool:
                           f"path ({str(e).splitlines()[0]}); set KAF_NW_BACKEND=eager to silence this",
                           RuntimeWarning, stacklevel=3)
         return False
-    return True
-
-
-def _ptr(t: Optional[torch.Tensor]):
-    return None if t is None else t.data_ptr()
+    return mode == "cpp" or _auto_fused(kernel)
 
 
 def excluded(query_ids: Optional[torch.Tensor], ref_ids: Optional[torch.Tensor]):
-    """The left-out pairs as lists, ``(start, cols)``: query i leaves out the reference columns
-    ``cols[start[i]:start[i + 1]]`` (ascending); ``(None, None)`` without ids. int64 CPU ids."""
+    """The left-out pairs as runs of columns, ``(index, runs)``: query i leaves out the columns
+    ``runs[r, 0]:runs[r, 1]`` for r in ``index[i, 0]:index[i, 1]`` (ascending), those whose id is
+    its own. Queries with one id share their runs, so both take O(n + m) memory however many
+    pairs are left out; ``(None, None)`` without ids. int64 CPU ids."""
     if query_ids is None or ref_ids is None:
         return None, None
-    lib = library()
     n, m = query_ids.shape[0], ref_ids.shape[0]
-    start = torch.empty(n + 1, dtype=torch.int64)
-    cols = torch.empty(max(n, 1), dtype=torch.int64)  # room for one pair per query: unique ids
-    count = lib.kaf_nw_excluded(n, m, query_ids.data_ptr(), ref_ids.data_ptr(), start.data_ptr(), cols.data_ptr(),
-                                cols.numel())
-    if count > cols.numel():  # duplicated ids: more pairs
-        cols = torch.empty(count, dtype=torch.int64)
-        lib.kaf_nw_excluded(n, m, query_ids.data_ptr(), ref_ids.data_ptr(), start.data_ptr(), cols.data_ptr(),
-                            count)
-    return start, cols
+    index = torch.empty((n, 2), dtype=torch.int64)
+    runs = torch.empty((max(m, 1), 2), dtype=torch.int64)  # an id's columns: at most m runs in all
+    count, _ = library().call("excluded", n=n, m=m, query_ids=query_ids, ref_ids=ref_ids, ex_index=index,
+                              ex_runs=runs)
+    return index, runs[:count].clone()
+
+
+def _dtype_code(t: torch.Tensor) -> int:
+    return 0 if t.dtype == torch.float32 else 1
 
 
 def forward(a, b, y, h, leave_out, same: bool, need_ab: bool):
@@ -234,23 +325,21 @@ def forward(a, b, y, h, leave_out, same: bool, need_ab: bool):
     ``status`` 0: done; 1: input outside the fused range (non-finite, h <= 0, overflow
     risk), nothing computed; 2: query ``bad`` has no reference point left.
     """
-    lib = library()
     k, n = a.shape
     m = b.shape[1]
     out, oc, lnorm = a.new_empty((k, n)), a.new_empty((k, n)), a.new_empty((k, n))
     dmean = a.new_empty((2, k, n)) if need_ab else None
     ycen = y.new_empty((k, m))
-    bad = ctypes.c_int64(-1)
-    fn = lib.kaf_nw_forward_f32 if a.dtype == torch.float32 else lib.kaf_nw_forward_f64
-    status = fn(k, n, m, _ptr(a), _ptr(b), _ptr(y), _ptr(h), _ptr(leave_out[0]), _ptr(leave_out[1]), int(same),
-                _ptr(out), _ptr(oc), _ptr(lnorm), _ptr(dmean), _ptr(ycen), torch.get_num_threads(), ctypes.byref(bad))
-    return status, bad.value, out, oc, lnorm, dmean, ycen
+    status, args = library().call(
+        "forward", k=k, n=n, m=m, dtype=_dtype_code(a), same=int(same), threads=torch.get_num_threads(), a=a, b=b,
+        y=y, h=h, ex_index=leave_out[0], ex_runs=leave_out[1], out=out, oc=oc, lnorm=lnorm, dmean=dmean, ycen=ycen,
+        bad=-1)
+    return status, args.bad, out, oc, lnorm, dmean, ycen
 
 
 def backward(a, b, ycen, h, leave_out, oc, lnorm, dmean, g, needs):
     """Gradients ``(grad_a, grad_b, grad_y, grad_h)`` for the upstream gradient ``g`` (k, n)
     (None where ``needs``, four booleans, says not needed; grad_a and grad_h need ``dmean``)."""
-    lib = library()
     k, n = a.shape
     m = b.shape[1]
     if (needs[0] or needs[3]) and dmean is None:
@@ -259,10 +348,9 @@ def backward(a, b, ycen, h, leave_out, oc, lnorm, dmean, g, needs):
     grad_b = b.new_empty((k, m)) if needs[1] else None
     grad_y = ycen.new_empty((k, m)) if needs[2] else None
     grad_h = h.new_empty((k,)) if needs[3] else None
-    fn = lib.kaf_nw_backward_f32 if a.dtype == torch.float32 else lib.kaf_nw_backward_f64
-    fn(k, n, m, _ptr(a), _ptr(b), _ptr(ycen), _ptr(h), _ptr(leave_out[0]), _ptr(leave_out[1]), _ptr(oc),
-       _ptr(lnorm), _ptr(dmean), _ptr(g), _ptr(grad_a), _ptr(grad_b), _ptr(grad_y), _ptr(grad_h),
-       torch.get_num_threads())
+    library().call("backward", k=k, n=n, m=m, dtype=_dtype_code(a), threads=torch.get_num_threads(), a=a, b=b,
+                   ycen=ycen, h=h, ex_index=leave_out[0], ex_runs=leave_out[1], oc=oc, lnorm=lnorm, dmean=dmean,
+                   g=g, grad_a=grad_a, grad_b=grad_b, grad_y=grad_y, grad_h=grad_h)
     return grad_a, grad_b, grad_y, grad_h
 
 

@@ -1,12 +1,13 @@
 // The Gaussian Nadaraya–Watson estimator of kaf.estimators, fused for the CPU.
 //
 // Built at first use by kaf/_fused.py (a plain shared library loaded with ctypes: no torch
-// headers, so it compiles in about a second) and used by kaf.estimators.nadaraya_watson for
+// headers, so it compiles in a few seconds) and used by kaf.estimators.nadaraya_watson for
 // float32/float64 CPU tensors. The eager path in kaf/estimators.py computes the same numbers
 // with several passes over an (k, n, m) tensor of weights; here each query's weights live in
-// registers only: one pass finds the largest log-weight, one forms the weights and every
-// row sum the forward and the gradients need, and the backward recomputes the weights from
-// the saved log-normaliser in one more pass. Memory is O(k (n + m)), whatever n and m.
+// registers only: one pass forms the weights and every row sum the forward and the
+// gradients need (a query far from every reference point gets two more, see kNoShift), and
+// the backward recomputes the weights in one more pass. Memory is O(k (n + m)), whatever n
+// and m and however many pairs are left out.
 //
 // Layout: a (k, n) query indices, b (k, m) reference indices, y (k, m) targets, h (k)
 // bandwidths, all contiguous. With scaled gaps d_ij = (b_j - a_i) / (sqrt2 h), weights
@@ -16,6 +17,14 @@
 //   rows0_i = sum_j w_ij d_ij^2 (yc_j - oc_i)      (the row sum behind d/dh)
 // The differences b_j - a_i are formed before scaling, so nearby pairs keep their accuracy
 // however large the indices (see kaf.estimators._gaussian_weights).
+//
+// The loops are written once, on GCC/Clang vector types as wide as the build's instruction
+// set allows (64 bytes with AVX-512, 32 with AVX, else 16: SSE2 on every x86-64, NEON on
+// every aarch64), so the compiler never has to discover the vectorisation by itself (for the
+// plain loops of earlier versions it did not: the AVX2 build ran them one lane at a time).
+// The library is compiled with -ffp-contract=off: the multiply-adds that may round once are
+// written out (fmadd), so the forward and the backward form each weight's exponent with the
+// same roundings whatever the compiler.
 
 #include <algorithm>
 #include <cmath>
@@ -31,6 +40,21 @@
 #if defined(__SSE__) || defined(_M_X64)
 #include <immintrin.h>
 #define KAF_HAVE_MXCSR 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+// The version of the C interface below (the Args fields and the entry points); kaf/_fused.py
+// reads this line from the source and refuses a library that reports another number.
+#define KAF_NW_ABI 5
+
+#if defined(__AVX512F__)
+#define KAF_VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define KAF_VECTOR_BYTES 32
+#else
+#define KAF_VECTOR_BYTES 16
 #endif
 
 namespace {
@@ -49,59 +73,171 @@ class FlushDenormals {
 
  private:
   unsigned int saved_;
+#else
+  FlushDenormals() {}  // elsewhere (aarch64: subnormals in hardware) the state is left as it is
 #endif
 };
 
-// exp(x) for x <= 0, branch-free so that the loops below vectorise: Cody-Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, a Taylor polynomial of r (error below one ulp of the
-// result), and 2^n built in the exponent bits. Underflows to exactly 0 (also for -inf).
-inline float exp_nonpos(float x) {
-  const float lo_limit = -87.0f;  // below this the result is < 1.7e-38: flushed to 0
-  float xc = x < lo_limit ? lo_limit : x;
-  float t = xc * 1.44269504088896341f;
-  float fn = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
-  float r = xc - fn * 0.693145751953125f;
-  r = r - fn * 1.42860682030941723212e-6f;
-  float p = 1.98412698e-4f;
-  p = p * r + 1.38888889e-3f;
-  p = p * r + 8.33333333e-3f;
-  p = p * r + 4.16666667e-2f;
-  p = p * r + 1.66666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t e = (int32_t)fn + 127;
-  uint32_t bits = (uint32_t)e << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x < lo_limit ? 0.0f : p * scale;
+// ------------------------------------------------------------------ vectors
+
+template <typename T>
+struct Traits;
+template <>
+struct Traits<float> {
+  using I = int32_t;
+  static constexpr float lo_limit = -87.0f;  // exp below this is < 1.7e-38: flushed to 0
+  static constexpr float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  static constexpr int bias = 127, mantissa = 23;
+};
+template <>
+struct Traits<double> {
+  using I = int64_t;
+  static constexpr double lo_limit = -708.0;
+  static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr int bias = 1023, mantissa = 52;
+};
+
+// V: W lanes of T; M: lane masks of the same width (all bits set: the lane is live)
+template <typename T>
+struct Vec {
+  static constexpr int W = KAF_VECTOR_BYTES / sizeof(T);
+  typedef T V __attribute__((vector_size(KAF_VECTOR_BYTES)));
+  typedef typename Traits<T>::I I;
+  typedef I M __attribute__((vector_size(KAF_VECTOR_BYTES)));
+};
+template <typename T>
+using V_ = typename Vec<T>::V;
+template <typename T>
+using M_ = typename Vec<T>::M;
+
+template <typename T>
+inline V_<T> splat(T x) {
+  return V_<T>{} + x;
 }
 
-inline double exp_nonpos(double x) {
-  const double lo_limit = -708.0;
-  double xc = x < lo_limit ? lo_limit : x;
-  double t = xc * 1.4426950408889634074;
-  double fn = (t + 6755399441055744.0) - 6755399441055744.0;  // 1.5 * 2^52
-  double r = xc - fn * 6.93147180369123816490e-01;
-  r = r - fn * 1.90821492927058770002e-10;
-  double p = 1.0 / 479001600.0;  // 1/12!
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  int64_t e = (int64_t)fn + 1023;
-  uint64_t bits = (uint64_t)e << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x < lo_limit ? 0.0 : p * scale;
+// a * b + c, rounded once where the instruction set has fused multiply-add
+template <typename V>
+inline V fmadd(V a, V b, V c) {
+#if KAF_VECTOR_BYTES == 64
+  if constexpr (sizeof(a[0]) == 4) return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+  else return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif KAF_VECTOR_BYTES == 32 && defined(__FMA__)
+  if constexpr (sizeof(a[0]) == 4) return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  else return (V)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif defined(__aarch64__)
+  if constexpr (sizeof(a[0]) == 4) return (V)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+  else return (V)vfmaq_f64((float64x2_t)c, (float64x2_t)a, (float64x2_t)b);
+#else
+  return a * b + c;
+#endif
+}
+
+template <typename T>
+inline V_<T> select(M_<T> live, V_<T> a, V_<T> b) {
+  return live ? a : b;
+}
+
+template <typename T>
+inline V_<T> vmax(V_<T> a, V_<T> b) {
+  return a > b ? a : b;
+}
+
+template <typename T>
+inline T hsum(V_<T> v) {
+  T s = 0;
+  for (int l = 0; l < Vec<T>::W; ++l) s += v[l];
+  return s;
+}
+
+template <typename T>
+inline T hmax(V_<T> v) {
+  T s = v[0];
+  for (int l = 1; l < Vec<T>::W; ++l) s = v[l] > s ? v[l] : s;
+  return s;
+}
+
+// exp(x) for x <= 0: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a Taylor polynomial of
+// r (error below one ulp of the result), and 2^n built in the exponent bits from the integer
+// that the rounding trick leaves in the low mantissa bits. Below lo_limit (also -inf) the
+// lane's arithmetic is meaningless (even NaN, at full speed) and its bits are cleared: 0.
+inline V_<float> exp_nonpos(V_<float> x) {
+  using V = V_<float>;
+  using M = M_<float>;
+  const M under = x < splat(Traits<float>::lo_limit);
+  const V k = fmadd(x, splat(1.44269504088896341f), splat(Traits<float>::magic));
+  const V fn = k - Traits<float>::magic;
+  V r = fmadd(fn, splat(-0.693145751953125f), x);
+  r = fmadd(fn, splat(-1.42860682030941723212e-6f), r);
+  V p = splat(1.98412698e-4f);
+  p = fmadd(p, r, splat(1.38888889e-3f));
+  p = fmadd(p, r, splat(8.33333333e-3f));
+  p = fmadd(p, r, splat(4.16666667e-2f));
+  p = fmadd(p, r, splat(1.66666667e-1f));
+  p = fmadd(p, r, splat(0.5f));
+  p = fmadd(p, r, splat(1.0f));
+  p = fmadd(p, r, splat(1.0f));
+  const M scale = ((M)k + Traits<float>::bias) << Traits<float>::mantissa;
+  return (V)(~under & (M)(p * (V)scale));
+}
+
+inline V_<double> exp_nonpos(V_<double> x) {
+  using V = V_<double>;
+  using M = M_<double>;
+  const M under = x < splat(Traits<double>::lo_limit);
+  const V k = fmadd(x, splat(1.4426950408889634074), splat(Traits<double>::magic));
+  const V fn = k - Traits<double>::magic;
+  V r = fmadd(fn, splat(-6.93147180369123816490e-01), x);
+  r = fmadd(fn, splat(-1.90821492927058770002e-10), r);
+  V p = splat(1.0 / 479001600.0);  // 1/12!
+  for (double c : {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
+                   1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0})
+    p = fmadd(p, r, splat(c));
+  const M scale = ((M)k + (int64_t)Traits<double>::bias) << Traits<double>::mantissa;
+  return (V)(~under & (M)(p * (V)scale));
+}
+
+// The lanes of one step of sweep(): j the first column, count the columns it covers (W but in
+// the last, partial step), live the lanes that count (meaningful only with Masked).
+template <typename T, bool Tail, bool Masked>
+struct Step {
+  int64_t j;
+  int count;
+  M_<T> live;
+
+  V_<T> load(const T* p) const {  // the partial step reads a zero-padded copy: nothing past the end
+    V_<T> v{};
+    std::memcpy(&v, p + j, (Tail ? count : Vec<T>::W) * sizeof(T));
+    return v;
+  }
+  void store(T* p, V_<T> v) const { std::memcpy(p + j, &v, (Tail ? count : Vec<T>::W) * sizeof(T)); }
+  V_<T> keep(V_<T> v) const { return Masked ? (V_<T>)(live & (M_<T>)v) : v; }  // 0 in dead lanes
+  V_<T> keep(V_<T> v, T dead) const { return Masked ? select<T>(live, v, splat(dead)) : v; }
+};
+
+// body(step) over the columns [lo, hi) one vector at a time, column jex (if inside) left out:
+// the step holding it and the last, partial one are masked, every other step is plain.
+template <typename T, typename F>
+inline void sweep(int64_t lo, int64_t hi, int64_t jex, F body) {
+  using M = M_<T>;
+  using I = typename Vec<T>::I;
+  constexpr int W = Vec<T>::W;
+  M iota;
+  for (int l = 0; l < W; ++l) iota[l] = (I)l;
+  int64_t j = lo;
+  if (jex >= lo && jex < hi) {  // plain steps up to the one holding jex, which is masked
+    const int64_t stop = jex - (jex - lo) % W;
+    for (; j < stop; j += W) body(Step<T, false, false>{j, W, M{}});
+    if (j + W <= hi) {
+      body(Step<T, false, true>{j, W, (M)(iota != (M{} + (I)(jex - j)))});
+      j += W;
+    }
+  }
+  for (; j + W <= hi; j += W) body(Step<T, false, false>{j, W, M{}});
+  if (j < hi) {
+    M live = iota < (M{} + (I)(hi - j));
+    if ((uint64_t)(jex - j) < (uint64_t)W) live &= iota != (M{} + (I)(jex - j));
+    body(Step<T, true, true>{j, (int)(hi - j), live});
+  }
 }
 
 template <typename T>
@@ -111,7 +247,9 @@ struct Limits<float> {
   // inputs beyond these are left to the overflow-safe float64 path of kaf.estimators
   static constexpr double range = 65536.0;  // sum over units of (max - min) / (sqrt2 h) < 2^16
   static constexpr double target = 281474976710656.0;  // |y| < 2^48
-  static constexpr double inv = 1.2676506002282294e30;  // 1/(sqrt2 h) < 2^100
+  // 1/(sqrt2 h) < 2^60: the bandwidth gradient forms squared scaled gaps, and 1/(2 h^2) must
+  // stay finite in float32 (at 2^64 it is inf, and a zero gap times it is NaN)
+  static constexpr double inv = 1152921504606846976.0;
   static constexpr double tiny = 8.673617379884035e-19;  // max |y| >= 2^-60 (or all 0)
 };
 template <>
@@ -199,185 +337,164 @@ int check_tame(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T*
   return total < Limits<T>::range ? 0 : 1;
 }
 
-// Leave-one-out pairs as lists: for query i, the reference columns ex[start[i] .. start[i+1])
-// (ascending) whose id equals query_ids[i]. The loops below run over the segments between
-// them, so their inner loops carry no comparison at all; a query with a unique id in a set of
-// distinct ids has one such column. Built by sorting the reference ids once per call.
+// Leave-one-out pairs as runs of columns: query i leaves out the columns [runs[2r], runs[2r+1])
+// for r in [index[2i], index[2i+1]) (ascending, disjoint), those whose id equals its own.
+// Queries with one id share one list of runs, so the lists take O(n + m) memory however many
+// pairs are left out. The loops below run over the segments between the runs, so their inner
+// loops carry no comparison at all; a query with a unique id in a set of distinct ids leaves
+// out one column, which sweep() masks instead of splitting the row.
 struct Excluded {
-  const int64_t* start = nullptr;  // (n + 1), or nullptr: nothing left out
-  const int64_t* cols = nullptr;
+  const int64_t* index = nullptr;  // (n, 2), or nullptr: nothing left out
+  const int64_t* runs = nullptr;   // (R, 2)
 };
 
-// Apply f(lo, hi) to the column segments of row i that are not left out.
-template <typename F>
-inline void segments(const Excluded& ex, int64_t i, int64_t m, F f) {
-  int64_t lo = 0;
-  if (ex.start) {
-    for (int64_t e = ex.start[i]; e < ex.start[i + 1]; ++e) {
-      int64_t j = ex.cols[e];
-      if (j > lo) f(lo, j);
-      lo = j + 1;
-    }
-  }
-  if (m > lo) f(lo, m);
-}
-
-// The one column row i leaves out (-1: none), or -2 when it leaves out several (then the
-// loops run over segments()).
+// The one column row i leaves out (-1: none), or -2 when it leaves out more (then the loops
+// run over segments()).
 inline int64_t single(const Excluded& ex, int64_t i) {
-  if (!ex.start) return -1;
-  const int64_t count = ex.start[i + 1] - ex.start[i];
-  return count == 0 ? -1 : count == 1 ? ex.cols[ex.start[i]] : -2;
+  if (!ex.index) return -1;
+  const int64_t r0 = ex.index[2 * i], r1 = ex.index[2 * i + 1];
+  if (r1 == r0) return -1;
+  return r1 - r0 == 1 && ex.runs[2 * r0 + 1] - ex.runs[2 * r0] == 1 ? ex.runs[2 * r0] : -2;
 }
 
-#ifdef __AVX512F__
-// AVX-512 versions of the two hot float32 loops (forward row sums, backward segment): the
-// same arithmetic as the portable loops below, written with intrinsics because the
-// compiler's own vectorisation of them spends about a third more instructions (exp's
-// scaling by 2^n is one vscalefps here, the column left out a lane mask). Lanes past the
-// segment's end, and the column left out, are masked off.
-namespace avx512 {
-
-// exp(x) for x <= 0: Cody-Waite reduction and the Taylor polynomial of exp_nonpos(float);
-// below -88 (flushed to 0 by the scaling) the input is clamped, so nothing overflows.
-inline __m512 exp_nonpos(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-  const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-  __m512 p = _mm512_set1_ps(1.98412698e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888889e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333333e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666667e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666667e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, fn);
+// f(lo, hi, jex) over the pieces of row i to sweep: the whole row with the one column left
+// out, or the segments between the runs left out.
+template <typename F>
+inline void pieces(const Excluded& ex, int64_t i, int64_t m, F f) {
+  const int64_t jex = single(ex, i);
+  if (jex >= -1) {
+    f(int64_t(0), m, jex);
+    return;
+  }
+  int64_t lo = 0;
+  for (int64_t r = ex.index[2 * i]; r < ex.index[2 * i + 1]; ++r) {
+    if (ex.runs[2 * r] > lo) f(lo, ex.runs[2 * r], int64_t(-1));
+    lo = ex.runs[2 * r + 1];
+  }
+  if (m > lo) f(lo, m, int64_t(-1));
 }
 
-// the lanes j .. j+15 that lie before hi and are not column jex
-inline __mmask16 live(int64_t j, int64_t hi, int64_t jex) {
-  const int64_t left = hi - j;
-  __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-  if (jex >= j && jex < j + 16) mask &= (__mmask16)~(1u << (jex - j));
-  return mask;
+// the number of columns row i keeps
+inline int64_t kept(const Excluded& ex, int64_t i, int64_t m) {
+  if (!ex.index) return m;
+  for (int64_t r = ex.index[2 * i]; r < ex.index[2 * i + 1]; ++r) m -= ex.runs[2 * r + 1] - ex.runs[2 * r];
+  return m;
 }
 
-template <bool AB>
-inline void row_sums_unshifted(const float* bc, const float* yc, int64_t lo, int64_t hi, int64_t jex, float ai,
-                               float s, float& mx_out, float& S_out, float& Sy_out, float& Sd_out, float& Sd2_out) {
-  const __m512 va = _mm512_set1_ps(ai), vs = _mm512_set1_ps(s), zero = _mm512_setzero_ps();
-  __m512 S = zero, Sy = zero, Sd = zero, Sd2 = zero, mx = _mm512_set1_ps(mx_out);
-  for (int64_t j = lo; j < hi; j += 16) {
-    const __mmask16 k = live(j, hi, jex);
-    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, bc + j), va), vs);
-    const __m512 l = _mm512_fnmadd_ps(d, d, zero);
-    mx = _mm512_mask_max_ps(mx, k, mx, l);
-    const __m512 w = _mm512_maskz_mov_ps(k, exp_nonpos(l));
-    S = _mm512_add_ps(S, w);
-    Sy = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, yc + j), Sy);
-    if (AB) {
-      const __m512 wd = _mm512_mul_ps(w, d);
-      Sd = _mm512_add_ps(Sd, wd);
-      Sd2 = _mm512_fmadd_ps(wd, d, Sd2);
+// Fills index (n, 2) and runs (at most m runs: capacity 2m); returns the number of runs.
+int64_t build_excluded(int64_t n, int64_t m, const int64_t* qids, const int64_t* rids, int64_t* index,
+                       int64_t* runs) {
+  // the reference ids in ascending order (often they already are: calc sets, batches that are
+  // their own reference set after a sort); ties keep their column order
+  const int64_t* keys = rids;
+  std::vector<int64_t> order, sorted;
+  if (!std::is_sorted(rids, rids + m)) {
+    order.resize(m);
+    for (int64_t j = 0; j < m; ++j) order[j] = j;
+    std::stable_sort(order.begin(), order.end(), [rids](int64_t x, int64_t y) { return rids[x] < rids[y]; });
+    sorted.resize(m);
+    for (int64_t j = 0; j < m; ++j) sorted[j] = rids[order[j]];
+    keys = sorted.data();
+  }
+  // each id's columns, ascending (a stable sort keeps tied ids in column order), as runs of
+  // consecutive columns; first[e], last[e]: the runs of the id whose columns start at keys[e]
+  std::vector<int64_t> first(m), last(m);
+  int64_t total = 0;
+  for (int64_t e0 = 0, e1; e0 < m; e0 = e1) {
+    first[e0] = total;
+    for (e1 = e0; e1 < m && keys[e1] == keys[e0]; ++e1) {
+      const int64_t col = order.empty() ? e1 : order[e1];
+      if (e1 > e0 && runs[2 * total - 1] == col)
+        runs[2 * total - 1] = col + 1;
+      else
+        runs[2 * total] = col, runs[2 * total + 1] = col + 1, ++total;
     }
+    last[e0] = total;
   }
-  mx_out = _mm512_reduce_max_ps(mx);
-  S_out += _mm512_reduce_add_ps(S), Sy_out += _mm512_reduce_add_ps(Sy);
-  if (AB) Sd_out += _mm512_reduce_add_ps(Sd), Sd2_out += _mm512_reduce_add_ps(Sd2);
-}
-
-template <bool B, bool Y>
-inline void backward_segment(const float* bc, const float* yc, int64_t lo, int64_t hi, int64_t jex, float ai, float s,
-                             float L, float o, float dbar, float d2bar, float gi, float* cb, float* cy, float& r1_out,
-                             float& r0_out) {
-  const __m512 va = _mm512_set1_ps(ai), vs = _mm512_set1_ps(s), vL = _mm512_set1_ps(L), vo = _mm512_set1_ps(o);
-  const __m512 vdbar = _mm512_set1_ps(dbar), vd2bar = _mm512_set1_ps(d2bar), vg = _mm512_set1_ps(gi);
-  __m512 r1 = _mm512_setzero_ps(), r0 = r1;
-  for (int64_t j = lo; j < hi; j += 16) {
-    const __mmask16 k = live(j, hi, jex);
-    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, bc + j), va), vs);
-    const __m512 w = _mm512_maskz_mov_ps(k, exp_nonpos(_mm512_fnmsub_ps(d, d, vL)));  // exp(-d^2 - L)
-    const __m512 u = _mm512_mul_ps(w, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, yc + j), vo));
-    r1 = _mm512_fmadd_ps(u, _mm512_sub_ps(d, vdbar), r1);
-    r0 = _mm512_fmadd_ps(u, _mm512_fmsub_ps(d, d, vd2bar), r0);
-    if (Y) _mm512_mask_storeu_ps(cy + j, k, _mm512_fmadd_ps(vg, w, _mm512_maskz_loadu_ps(k, cy + j)));
-    if (B) _mm512_mask_storeu_ps(cb + j, k, _mm512_fmadd_ps(_mm512_mul_ps(vg, u), d, _mm512_maskz_loadu_ps(k, cb + j)));
+  // each query's id among the keys: by one merge when both id sets ascend, else by binary search
+  const bool merge = order.empty() && std::is_sorted(qids, qids + n);
+  int64_t e = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (merge)
+      while (e < m && keys[e] < qids[i]) ++e;
+    else
+      e = std::lower_bound(keys, keys + m, qids[i]) - keys;
+    const bool found = e < m && keys[e] == qids[i];
+    index[2 * i] = found ? first[e] : 0;
+    index[2 * i + 1] = found ? last[e] : 0;
   }
-  r1_out += _mm512_reduce_add_ps(r1);
-  r0_out += _mm512_reduce_add_ps(r0);
+  return total;
 }
-
-}  // namespace avx512
-#endif
 
 // Sums over one query row: S = sum w, Sy = sum w yc, and with AB (index or bandwidth
 // gradients wanted) Sd = sum w d and Sd2 = sum w d^2, from which the backward centres the
-// gaps (see backward_segment).
+// gaps (see backward_piece).
 template <typename T>
 struct Sums {
   T S = 0, Sy = 0, Sd = 0, Sd2 = 0;
 };
 
-template <typename T, bool AB>
-inline void row_sums(const T* __restrict bc, const T* __restrict yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s,
-                     T mx, Sums<T>& out) {
-  T S = 0, Sy = 0, Sd = 0, Sd2 = 0;
-#pragma omp simd reduction(+ : S, Sy, Sd, Sd2)
-  for (int64_t j = lo; j < hi; ++j) {
-    T d = (bc[j] - ai) * s;
-    T w = j == jex ? T(0) : exp_nonpos(-d * d - mx);
-    S += w;
-    Sy += w * yc[j];
-    if (AB) {
-      T wd = w * d;
-      Sd += wd;
-      Sd2 += wd * d;
-    }
-  }
-  out.S += S, out.Sy += Sy, out.Sd += Sd, out.Sd2 += Sd2;
+// A weight's exponent, -d^2 - shift, always with these two roundings (-d^2 first, as the
+// eager path and the maximum have it, then the shift; with shift 0 the second is exact): the
+// forward's passes and the backward form the same numbers, and the largest gives exactly 0.
+template <typename V>
+inline V exponent(V d, V shift) {
+  return fmadd(-d, d, V{}) - shift;
 }
 
-// The row sums with no shift (the weights e^{-d^2} themselves) and, in the same pass, the
-// largest kept log-weight. Valid when that maximum is not far below 0 (see kNoShift).
+// The row sums of one piece of a row, weights e^{-d^2 - shift}.
 template <typename T, bool AB>
-inline void row_sums_unshifted(const T* __restrict bc, const T* __restrict yc, int64_t lo, int64_t hi, int64_t jex,
-                               T ai, T s, T& mx_out, Sums<T>& out) {
-#ifdef __AVX512F__
-  if constexpr (std::is_same_v<T, float>) {
-    avx512::row_sums_unshifted<AB>(bc, yc, lo, hi, jex, ai, s, mx_out, out.S, out.Sy, out.Sd, out.Sd2);
-    return;
-  }
-#endif
-  const T ninf = -std::numeric_limits<T>::infinity();
-  T S = 0, Sy = 0, Sd = 0, Sd2 = 0, mx = mx_out;
-#pragma omp simd reduction(+ : S, Sy, Sd, Sd2) reduction(max : mx)
-  for (int64_t j = lo; j < hi; ++j) {
-    T d = (bc[j] - ai) * s;
-    T l = -d * d;
-    T w = j == jex ? T(0) : exp_nonpos(l);
-    l = j == jex ? ninf : l;
-    mx = l > mx ? l : mx;
+inline void row_sums(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T shift,
+                     Sums<T>& out) {
+  using V = V_<T>;
+  const V va = splat(ai), vs = splat(s), vshift = splat(shift);
+  V S{}, Sy{}, Sd{}, Sd2{};
+  sweep<T>(lo, hi, jex, [&](auto step) {
+    const V d = (step.load(bc) - va) * vs;
+    const V w = step.keep(exp_nonpos(exponent(d, vshift)));
     S += w;
-    Sy += w * yc[j];
-    if (AB) {
-      T wd = w * d;
+    Sy = fmadd(w, step.load(yc), Sy);
+    if constexpr (AB) {
+      const V wd = w * d;
       Sd += wd;
-      Sd2 += wd * d;
+      Sd2 = fmadd(wd, d, Sd2);
     }
-  }
-  mx_out = mx;
-  out.S += S, out.Sy += Sy, out.Sd += Sd, out.Sd2 += Sd2;
+  });
+  out.S += hsum<T>(S), out.Sy += hsum<T>(Sy);
+  if constexpr (AB) out.Sd += hsum<T>(Sd), out.Sd2 += hsum<T>(Sd2);
 }
 
-// Softmax weights need a shift only to keep the largest weight from underflowing: when the
-// nearest kept reference point has log-weight -d^2 >= kNoShift, the unshifted weights are
-// used as they are (one pass instead of two); the weights they flush to zero (e^{-87} and
-// less) are then below e^{-57} relative to the largest, beyond float64 precision. A query
-// farther from every reference point gets the second pass with the exact maximum.
+// the largest kept log-weight -d^2 of one piece of a row (the backward's far rows)
+template <typename T>
+inline T row_max(const T* bc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T mx) {
+  using V = V_<T>;
+  const V va = splat(ai), vs = splat(s);
+  V vmx = splat(mx);
+  sweep<T>(lo, hi, jex, [&](auto step) {
+    const V d = (step.load(bc) - va) * vs;
+    vmx = vmax<T>(vmx, step.keep(exponent(d, V{}), -std::numeric_limits<T>::infinity()));
+  });
+  return hmax<T>(vmx);
+}
+
+// Softmax weights need a shift only to keep the largest weight from underflowing: when a
+// row's unshifted weights sum to at least e^kNoShift, they are used as they are (one pass);
+// the weights they flush to zero (e^{-87} and less) are then below e^{-57} of the sum, beyond
+// float64 precision. A row whose sum is smaller (a query far from every reference point) is
+// summed again, shifted by its largest log-weight (shifted_sums), and its stored
+// log-normaliser is kept below kNoShift: the backward tells the two kinds of row apart by it
+// alone, and forms a far row's shift and sums again with the same function.
 constexpr double kNoShift = -30.0;
+
+// a far row's shift (its largest kept -d^2) and its row sums shifted by it
+template <typename T, bool AB>
+inline T shifted_sums(const Excluded& ex, int64_t i, int64_t m, const T* bc, const T* yc, T ai, T s, Sums<T>& sums) {
+  T mx = -std::numeric_limits<T>::infinity();
+  pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) { mx = row_max<T>(bc, j0, j1, jex, ai, s, mx); });
+  sums = Sums<T>();
+  pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) { row_sums<T, AB>(bc, yc, j0, j1, jex, ai, s, mx, sums); });
+  return mx;
+}
 
 template <typename T, bool AB>
 void forward_rows(int64_t lo, int64_t hi, int64_t n, int64_t m, int64_t kn, const T* a, const T* b, const T* ycen,
@@ -388,26 +505,19 @@ void forward_rows(int64_t lo, int64_t hi, int64_t n, int64_t m, int64_t kn, cons
     const T* bc = b + c * m;
     const T* yc = ycen + c * m;
     const T ai = a[task], s = inv[c];
-    T mx = ninf;
     Sums<T> sums;
-    const int64_t jex = single(ex, i);
-    // at most one pair left out: loops that skip column jex; else loops over segments
-    if (jex >= -1)
-      row_sums_unshifted<T, AB>(bc, yc, 0, m, jex, ai, s, mx, sums);
-    else
-      segments(ex, i, m, [&](int64_t j0, int64_t j1) { row_sums_unshifted<T, AB>(bc, yc, j0, j1, -1, ai, s, mx, sums); });
-    T shift = 0;
-    if (mx < T(kNoShift)) {  // far from every reference point: again, shifted by the maximum
-      shift = mx, sums = Sums<T>();
-      if (jex >= -1)
-        row_sums<T, AB>(bc, yc, 0, m, jex, ai, s, mx, sums);
-      else
-        segments(ex, i, m, [&](int64_t j0, int64_t j1) { row_sums<T, AB>(bc, yc, j0, j1, -1, ai, s, mx, sums); });
+    pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) {
+      row_sums<T, AB>(bc, yc, j0, j1, jex, ai, s, T(0), sums);
+    });
+    T L = std::log(sums.S);
+    if (!(L >= T(kNoShift))) {  // far from every reference point: again, shifted by the maximum
+      const T mx = shifted_sums<T, AB>(ex, i, m, bc, yc, ai, s, sums);
+      L = std::min(mx + std::log(sums.S), std::nextafter(T(kNoShift), ninf));
     }
     const T o = sums.Sy / sums.S;
     oc[task] = o;
     out[task] = o + centre[c];
-    lnorm[task] = shift + std::log(sums.S);
+    lnorm[task] = L;
     if (AB) {  // the weighted means of d and of d^2, (2, k, n)
       dmean[task] = sums.Sd / sums.S;
       dmean[kn + task] = sums.Sd2 / sums.S;
@@ -419,9 +529,9 @@ template <typename T>
 int forward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* y, const T* h, Excluded ex, int same,
             T* out, T* oc, T* lnorm, T* dmean, T* ycen, int threads, int64_t* bad) {
   if (check_tame(k, n, m, a, b, y, h, same != 0)) return 1;
-  if (ex.start) {  // a query that loses every reference point
+  if (ex.index) {  // a query that loses every reference point
     for (int64_t i = 0; i < n; ++i)
-      if (ex.start[i + 1] - ex.start[i] >= m) {
+      if (kept(ex, i, m) <= 0) {
         *bad = i;
         return 2;
       }
@@ -443,36 +553,31 @@ int forward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* y,
   return 0;
 }
 
-// One segment of a query row in the backward: the weights w_ij = exp(-d_ij^2 - L_i), recomputed,
-// give the row sums behind d/da and d/dh and (times the upstream gradient g_i) the columns of
-// grad_b (before the factor -2/(sqrt2 h)) and of grad_y. The row sums are
+// One piece of a query row in the backward: the weights e^{-d^2 - shift}, recomputed as the
+// forward formed them (scale times them is w_ij), give the row sums behind d/da and d/dh and
+// (times gs = g_i scale) the columns of grad_b (before the factor -2/(sqrt2 h)) and of grad_y.
+// The row sums are
 //   r1 = sum_j w (d_j - dbar)(yc_j - o),  r0 = sum_j w (d_j^2 - d2bar)(yc_j - o),
 // equal to sum_j w d (yc_j - o) and sum_j w d^2 (yc_j - o) because sum_j w (yc_j - o) = 0; with
 // the weighted means dbar, d2bar of the forward subtracted, a query far from the reference
 // points (every d large, nearly equal) does not lose its gradient to cancellation.
 template <typename T, bool B, bool Y>
-inline void backward_segment(const T* __restrict bc, const T* __restrict yc, int64_t lo, int64_t hi, int64_t jex, T ai,
-                             T s, T L, T o, T dbar, T d2bar, T gi, T* __restrict cb, T* __restrict cy, T& r1_out,
-                             T& r0_out) {
-#ifdef __AVX512F__
-  if constexpr (std::is_same_v<T, float>) {
-    avx512::backward_segment<B, Y>(bc, yc, lo, hi, jex, ai, s, L, o, dbar, d2bar, gi, cb, cy, r1_out, r0_out);
-    return;
-  }
-#endif
-  T r1 = 0, r0 = 0;
-#pragma omp simd reduction(+ : r1, r0)
-  for (int64_t j = lo; j < hi; ++j) {
-    T d = (bc[j] - ai) * s;
-    T w = j == jex ? T(0) : exp_nonpos(-d * d - L);
-    T u = w * (yc[j] - o);
-    r1 += u * (d - dbar);
-    r0 += u * (d * d - d2bar);
-    if (Y) cy[j] += gi * w;
-    if (B) cb[j] += gi * u * d;
-  }
-  r1_out += r1;
-  r0_out += r0;
+inline void backward_piece(const T* bc, const T* yc, int64_t lo, int64_t hi, int64_t jex, T ai, T s, T shift, T o,
+                           T dbar, T d2bar, T gs, T* cb, T* cy, T& r1_out, T& r0_out) {
+  using V = V_<T>;
+  const V va = splat(ai), vs = splat(s), vshift = splat(shift), vo = splat(o), vdbar = splat(dbar), vd2bar = splat(-d2bar), vg = splat(gs);
+  V r1{}, r0{};
+  sweep<T>(lo, hi, jex, [&](auto step) {
+    const V d = (step.load(bc) - va) * vs;
+    const V w = step.keep(exp_nonpos(exponent(d, vshift)));
+    const V u = w * (step.load(yc) - vo);
+    r1 = fmadd(u, d - vdbar, r1);
+    r0 = fmadd(u, fmadd(d, d, vd2bar), r0);
+    if constexpr (Y) step.store(cy, fmadd(vg, w, step.load(cy)));
+    if constexpr (B) step.store(cb, fmadd(vg * u, d, step.load(cb)));
+  });
+  r1_out += hsum<T>(r1);
+  r0_out += hsum<T>(r0);
 }
 
 template <typename T>
@@ -496,27 +601,35 @@ void backward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* 
       const T* bc = b + c * m;
       const T* yc = ycen + c * m;
       const T ai = a[task], s = inv[c], L = lnorm[task], o = oc[task];
+      // The forward's weights: e^{-d^2} / e^L for a row it did not shift. For a row it shifted,
+      // L (about -d^2 of the nearest point) holds too few digits to rebuild them (at
+      // d^2 = 4e9 its last float32 digit is 256), so its shift and normaliser are formed
+      // again, by the forward's own loops.
+      T shift = 0, scale;
+      if (L >= T(kNoShift)) {
+        scale = (T)std::exp(-(double)L);
+      } else {
+        Sums<T> sums;
+        shift = shifted_sums<T, false>(ex, i, m, bc, yc, ai, s, sums);
+        scale = T(1) / sums.S;
+      }
+      const T gs = gi * scale;
       const T dbar = dmean ? dmean[task] : T(0), d2bar = dmean ? dmean[k * n + task] : T(0);
       T r1 = 0, r0 = 0;
-      const int64_t jex = single(ex, i);
       T* cbc = cols_needed ? cb + c * m : nullptr;
       T* cyc = cols_needed ? cy + c * m : nullptr;
-      auto run = [&](int64_t j0, int64_t j1, int64_t skip) {
+      pieces(ex, i, m, [&](int64_t j0, int64_t j1, int64_t jex) {
         if (grad_b && grad_y)
-          backward_segment<T, true, true>(bc, yc, j0, j1, skip, ai, s, L, o, dbar, d2bar, gi, cbc, cyc, r1, r0);
+          backward_piece<T, true, true>(bc, yc, j0, j1, jex, ai, s, shift, o, dbar, d2bar, gs, cbc, cyc, r1, r0);
         else if (grad_b)
-          backward_segment<T, true, false>(bc, yc, j0, j1, skip, ai, s, L, o, dbar, d2bar, gi, cbc, cyc, r1, r0);
+          backward_piece<T, true, false>(bc, yc, j0, j1, jex, ai, s, shift, o, dbar, d2bar, gs, cbc, cyc, r1, r0);
         else if (grad_y)
-          backward_segment<T, false, true>(bc, yc, j0, j1, skip, ai, s, L, o, dbar, d2bar, gi, cbc, cyc, r1, r0);
+          backward_piece<T, false, true>(bc, yc, j0, j1, jex, ai, s, shift, o, dbar, d2bar, gs, cbc, cyc, r1, r0);
         else
-          backward_segment<T, false, false>(bc, yc, j0, j1, skip, ai, s, L, o, dbar, d2bar, gi, cbc, cyc, r1, r0);
-      };
-      if (jex >= -1)
-        run(0, m, jex);
-      else
-        segments(ex, i, m, [&](int64_t j0, int64_t j1) { run(j0, j1, -1); });
-      rows[task] = gi * r1;
-      rows[k * n + task] = gi * r0;
+          backward_piece<T, false, false>(bc, yc, j0, j1, jex, ai, s, shift, o, dbar, d2bar, gs, cbc, cyc, r1, r0);
+      });
+      rows[task] = gs * r1;
+      rows[k * n + task] = gs * r0;
     }
   });
   if (grad_a)
@@ -544,59 +657,76 @@ void backward(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* 
 
 }  // namespace
 
-extern "C" {
+// ------------------------------------------------------------------ the C interface
+//
+// Every entry point takes one Args by pointer. Its fields are listed once, here: the struct
+// is built from this list, and so is the text kaf_nw_args() returns, from which kaf/_fused.py
+// builds its ctypes.Structure (a field added or moved here reaches Python by itself).
+// Pointers to floating-point data point to float (dtype 0) or double (dtype 1).
+#define KAF_NW_ARGS(X)                                                                                      \
+  X(int64_t, k) X(int64_t, n) X(int64_t, m) X(int32_t, dtype) X(int32_t, same) X(int32_t, threads)          \
+  X(const void*, a) X(const void*, b) X(const void*, y) X(const void*, h) X(const int64_t*, query_ids)      \
+  X(const int64_t*, ref_ids) X(int64_t*, ex_index) X(int64_t*, ex_runs) X(void*, out) X(void*, oc)          \
+  X(void*, lnorm) X(void*, dmean) X(void*, ycen) X(const void*, g) X(void*, grad_a) X(void*, grad_b)        \
+  X(void*, grad_y) X(void*, grad_h) X(int64_t, bad)
 
-int kaf_nw_abi_version() { return 4; }
+#define KAF_NW_FIELD(type, name) type name;
+#define KAF_NW_TEXT(type, name) #type " " #name ";"
+struct KafNwArgs {
+  KAF_NW_ARGS(KAF_NW_FIELD)
+};
 
-// Leave-one-out lists (see Excluded): fills start (n + 1) and up to `capacity` entries of cols;
-// returns the number of pairs (when it exceeds capacity, call again with that many).
-int64_t kaf_nw_excluded(int64_t n, int64_t m, const int64_t* qids, const int64_t* rids, int64_t* start,
-                        int64_t* cols, int64_t capacity) {
-  // the reference ids in ascending order (often they already are: calc sets, batches that are
-  // their own reference set after a sort); ties keep their column order
-  const int64_t* keys = rids;
-  std::vector<int64_t> order, sorted;
-  if (!std::is_sorted(rids, rids + m)) {
-    order.resize(m);
-    for (int64_t j = 0; j < m; ++j) order[j] = j;
-    std::stable_sort(order.begin(), order.end(), [rids](int64_t x, int64_t y) { return rids[x] < rids[y]; });
-    sorted.resize(m);
-    for (int64_t j = 0; j < m; ++j) sorted[j] = rids[order[j]];
-    keys = sorted.data();
-  }
-  // each query's matches are one run of keys; both id sets ascending: found by one merge,
-  // else by binary search. Their columns come out ascending (a stable sort keeps tied ids
-  // in column order), as segments() needs.
-  const bool merge = order.empty() && std::is_sorted(qids, qids + n);
-  int64_t total = 0, j = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    start[i] = total;
-    if (merge)
-      while (j < m && keys[j] < qids[i]) ++j;
-    else
-      j = std::lower_bound(keys, keys + m, qids[i]) - keys;
-    for (int64_t e = j; e < m && keys[e] == qids[i]; ++e, ++total)
-      if (total < capacity) cols[total] = order.empty() ? e : order[e];
-  }
-  start[n] = total;
-  return total;
+namespace {
+
+template <typename T>
+int64_t forward_call(KafNwArgs* p) {
+  return forward<T>(p->k, p->n, p->m, (const T*)p->a, (const T*)p->b, (const T*)p->y, (const T*)p->h,
+                    Excluded{p->ex_index, p->ex_runs}, p->same, (T*)p->out, (T*)p->oc, (T*)p->lnorm, (T*)p->dmean,
+                    (T*)p->ycen, p->threads, &p->bad);
 }
 
-#define KAF_NW_EXPORT(T, suffix)                                                                               \
-  int kaf_nw_forward_##suffix(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* y, const T* h, \
-                              const int64_t* ex_start, const int64_t* ex_cols, int same, T* out, T* oc,         \
-                              T* lnorm, T* dmean, T* ycen, int threads, int64_t* bad) {                         \
-    return forward<T>(k, n, m, a, b, y, h, Excluded{ex_start, ex_cols}, same, out, oc, lnorm, dmean, ycen,      \
-                      threads, bad);                                                                             \
-  }                                                                                                              \
-  void kaf_nw_backward_##suffix(int64_t k, int64_t n, int64_t m, const T* a, const T* b, const T* ycen,         \
-                                const T* h, const int64_t* ex_start, const int64_t* ex_cols, const T* oc,       \
-                                const T* lnorm, const T* dmean, const T* g, T* grad_a, T* grad_b, T* grad_y,    \
-                                T* grad_h, int threads) {                                                        \
-    backward<T>(k, n, m, a, b, ycen, h, Excluded{ex_start, ex_cols}, oc, lnorm, dmean, g, grad_a, grad_b,       \
-                grad_y, grad_h, threads);                                                                        \
-  }
+template <typename T>
+int64_t backward_call(KafNwArgs* p) {
+  backward<T>(p->k, p->n, p->m, (const T*)p->a, (const T*)p->b, (const T*)p->ycen, (const T*)p->h,
+              Excluded{p->ex_index, p->ex_runs}, (const T*)p->oc, (const T*)p->lnorm, (const T*)p->dmean,
+              (const T*)p->g, (T*)p->grad_a, (T*)p->grad_b, (T*)p->grad_y, (T*)p->grad_h, p->threads);
+  return 0;
+}
 
-KAF_NW_EXPORT(float, f32)
-KAF_NW_EXPORT(double, f64)
+}  // namespace
+
+extern "C" {
+
+int kaf_nw_abi_version() { return KAF_NW_ABI; }
+
+const char* kaf_nw_args() { return KAF_NW_ARGS(KAF_NW_TEXT); }
+
+// the instruction set the loops were compiled for, and their vector width
+const char* kaf_nw_isa() {
+#if defined(__AVX512F__)
+  return "avx512f, 64-byte vectors";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2+fma, 32-byte vectors";
+#elif defined(__AVX__)
+  return "avx, 32-byte vectors";
+#elif defined(__aarch64__)
+  return "neon, 16-byte vectors";
+#elif defined(__SSE2__)
+  return "sse2, 16-byte vectors";
+#else
+  return "generic, 16-byte vectors";
+#endif
+}
+
+// Leave-one-out runs (see Excluded) from query_ids (n) and ref_ids (m) into ex_index (n, 2)
+// and ex_runs (room for m runs); returns the number of runs.
+int64_t kaf_nw_excluded(KafNwArgs* p) {
+  return build_excluded(p->n, p->m, p->query_ids, p->ref_ids, p->ex_index, p->ex_runs);
+}
+
+// 0: done; 1: input outside the kernel's range (nothing computed); 2: query p->bad keeps no
+// reference point
+int64_t kaf_nw_forward(KafNwArgs* p) { return p->dtype == 0 ? forward_call<float>(p) : forward_call<double>(p); }
+
+int64_t kaf_nw_backward(KafNwArgs* p) { return p->dtype == 0 ? backward_call<float>(p) : backward_call<double>(p); }
 }
