@@ -393,10 +393,17 @@ def test_the_code_digest_covers_the_sweep_module_but_not_the_command_line(monkey
 
 def test_an_installed_kaf_runs_the_command_line_in_an_empty_folder(tmp_path):
     """``pip install`` (not editable) of this tree, then the command line from an empty folder."""
+    import shutil
+
     root = Path(sweep.__file__).resolve().parents[2]
+    # built from a copy: a build leaves build/ and *.egg-info next to the sources it builds
+    source = tmp_path / "source"
+    shutil.copytree(root / "kaf", source / "kaf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(root)], check=True, timeout=600, capture_output=True)
+                    "--target", str(site), str(source)], check=True, timeout=600, capture_output=True)
     work = tmp_path / "empty"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KAF_SCALE")}
