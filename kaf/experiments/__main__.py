@@ -10,10 +10,17 @@ Examples::
     python -m kaf.experiments verdicts                          # results/verdicts.csv from results/
 
 Without ``--out``, full-scale runs write to ``results/`` and quick-scale runs to
-``results/quick/`` (so a quick run never overwrites the committed full-scale tables).
+``results/quick/`` (so a quick run never overwrites the committed full-scale tables):
+the repository's ``results/`` when kaf runs from a checkout, else ``results/`` in the
+working directory (an installed kaf). The first line of output names the folder.
 Every finished run is recorded in ``<out>/runs/`` (not committed): a killed ``run`` or
 ``reproduce`` started again with the same options redoes only the runs that had not
 finished (``--fresh`` redoes all of them).
+
+Every option is checked before any work (a bad one is a usage error, exit status 2), and
+no command loses results: a table or ``verdicts.csv`` that holds more rows than the new
+one is left as it is unless ``--fresh`` is given, and ``verdicts`` writes nothing when it
+finds no tables.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import datetime
 import gzip
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -34,21 +42,37 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import kaf
 from kaf import _fused
 from kaf.experiments import registry, repo_root, results_dir
-from kaf.experiments.sweep import CODE_DIGEST, RUNS_FOLDER, SweepError, atomic_write
+from kaf.experiments.sweep import CODE_DIGEST, RUNS_FOLDER, SweepError, atomic_write, table_rows
 from kaf.scale import get_scale
+
+#: the kaf package that runs (a checkout's or an installed copy)
+_PACKAGE = Path(kaf.__file__).resolve().parent
+
+
+#: the most seeds ``--seeds`` takes (every config is run once per seed)
+MAX_SEEDS = 1000
+#: the most local processes ``--jobs`` takes: more than a few per core only slows the runs down
+MAX_JOBS = max(8, 4 * (os.cpu_count() or 1))
 
 
 def default_out(scale: str) -> Path:
+    """``results/`` (full scale) or ``results/quick/`` under :func:`~kaf.experiments.results_dir`: the
+    repository's when kaf runs from a checkout, else the working directory's."""
     return results_dir() if scale == "full" else results_dir() / "quick"
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(repo_root()), "rev-parse", "HEAD"], capture_output=True, text=True,
+        root = repo_root()
+    except FileNotFoundError:
+        return "unknown (kaf is installed, not a checkout)"
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo_root()), "status", "--porcelain", "--", "kaf"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "kaf"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
@@ -74,6 +98,7 @@ def provenance(scale: str, device: str | None, sweep, wall: float, commit: str |
                data: list | None = None) -> dict:
     """The provenance record; ``sweep`` is the :class:`~kaf.experiments.sweep.SweepResult`,
     ``commit`` the git state taken when the runs started."""
+    kernel = _fused.describe()
     return {
         "command": "python -m kaf.experiments " + " ".join(sys.argv[1:]),
         "scale": scale,
@@ -92,11 +117,12 @@ def provenance(scale: str, device: str | None, sweep, wall: float, commit: str |
         # seconds each experiment's runs took where they ran (summed; reused runs count with
         # the time they took when they were computed)
         "experiment_run_time_s": {k: round(v, 1) for k, v in sweep.run_seconds.items()},
-        "kaf_sources_sha256": {p.relative_to(repo_root()).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-                               for p in sorted([*(repo_root() / "kaf").rglob("*.py"),
-                                                *(repo_root() / "kaf").rglob("*.cpp")])},
-        # the path of the Gaussian estimator on the CPU: its fused kernel, or torch operations
-        "nw_cpu_path": "fused kernel" if _fused.available() and _fused.backend() != "eager" else "torch operations",
+        "kaf_sources_sha256": {p.relative_to(_PACKAGE.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+                               for p in sorted([*_PACKAGE.rglob("*.py"), *_PACKAGE.rglob("*.cpp")])},
+        # the path of the Gaussian estimator on the CPU (the fused kernel, or torch operations
+        # where KAF_NW_BACKEND or auto's rule says so), with the kernel build's instruction sets
+        "nw_cpu_path": kernel["nw_path"],
+        "nw_kernel_isa": kernel["isa"],
         "data": data if data is not None else _data_provenance(),
     }
 
@@ -110,14 +136,75 @@ def _csv_checksums(out: Path) -> dict:
     return sums
 
 
-def _positive_int(text: str) -> int:
+def _int_in(lo: int, hi: int):
+    """An argparse type: an int in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a positive integer (at most {hi}), got {text!r}")
+        return value
+
+    return parse
+
+
+#: device types a run can train on
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _device(text: str) -> str:
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"expected a torch device of type {'/'.join(DEVICE_TYPES)} such as cpu, "
+                                         f"cuda or cuda:1, got {text!r}")
+    return str(device)
+
+
+def _unavailable(device: str) -> str | None:
+    """Why ``device`` cannot be used by this process, or ``None``."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch.cuda.is_available() is False on this machine"
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        return "torch.backends.mps.is_available() is False on this machine"
+    if d.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return "torch.xpu.is_available() is False on this machine"
+    return None
+
+
+def _folder(text: str) -> str:
+    """An argparse type: a folder to write into (it may not exist yet)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got the file {text!r}")
+    return text
+
+
+def _existing_folder(text: str) -> str:
+    """An argparse type: a folder that exists."""
+    if not text.strip() or not Path(text).is_dir():
+        what = "an empty path" if not text.strip() else ("a file" if Path(text).exists() else "nothing there")
+        raise argparse.ArgumentTypeError(f"expected an existing folder of result tables, got {text!r} ({what})")
+    return text
+
+
+def _dask_address(text: str) -> str:
+    from kaf.experiments.sweep import check_dask_address
+
+    try:
+        return check_dask_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("dask must be", "expected")) from None
 
 
 class _Background(threading.Thread):
@@ -146,30 +233,73 @@ def _error(message: str) -> int:
     return 1
 
 
-def main(argv=None) -> int:
+def _write_verdicts(folder: Path, table, fresh: bool) -> str | None:
+    """Write ``table`` as ``folder/verdicts.csv`` unless that loses verdicts; why not, or ``None``."""
+    path = folder / "verdicts.csv"
+    old = table_rows(path)
+    if not fresh and old is not None and old > len(table):
+        return (f"{path} holds {old} verdicts and the tables in {folder} give {len(table)}: not overwritten "
+                f"(pass --fresh to replace it)")
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kaf.experiments", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the named experiments")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--scale", choices=("quick", "full"), default=None, help="default: KAF_SCALE / CI")
-    common.add_argument("--device", default=None, help="torch device, e.g. cuda (default cpu)")
-    common.add_argument("--seeds", type=_positive_int, default=None, help="override the number of seeds (0..N-1)")
-    common.add_argument("--out", default=None, help="output folder (default results/ or results/quick/)")
+    common.add_argument("--device", type=_device, default=None, help="torch device, e.g. cuda (default cpu)")
+    common.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), default=None,
+                        help=f"override the number of seeds (0..N-1, N <= {MAX_SEEDS})")
+    common.add_argument("--out", type=_folder, default=None,
+                        help="output folder (default results/ or results/quick/: the repository's in a checkout, "
+                             "else the working directory's)")
     common.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     where = common.add_mutually_exclusive_group()
-    where.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+    where.add_argument("--jobs", type=_int_in(1, MAX_JOBS), default=None, metavar="N",
                        help="run on N local processes, one thread each (default 1: in this process)")
-    where.add_argument("--dask", default=None, metavar="ADDRESS",
+    where.add_argument("--dask", type=_dask_address, default=None, metavar="ADDRESS",
                        help="submit the runs to the Dask scheduler at ADDRESS (e.g. tcp://host:8786)")
     common.add_argument("--fresh", action="store_true",
-                        help="recompute every run, even those recorded in <out>/runs/ by an earlier sweep")
+                        help="recompute every run, even those recorded in <out>/runs/ by an earlier sweep, and "
+                             "replace tables that hold more rows than the new ones")
     p_run = sub.add_parser("run", parents=[common], help="run one experiment")
     p_run.add_argument("name", choices=sorted(registry.EXPERIMENTS))
     p_rep = sub.add_parser("reproduce", parents=[common], help="run every experiment, write provenance + verdicts")
-    p_rep.add_argument("--only", nargs="*", default=None, choices=sorted(registry.EXPERIMENTS), metavar="NAME",
+    p_rep.add_argument("--only", nargs="+", default=None, choices=sorted(registry.EXPERIMENTS), metavar="NAME",
                        help="a subset of experiments")
     p_ver = sub.add_parser("verdicts", help="write verdicts.csv from the result tables")
-    p_ver.add_argument("--results", default=None, help="folder with the result CSVs (default results/)")
+    p_ver.add_argument("--results", type=_existing_folder, default=None,
+                       help="folder with the result tables (default results/: the repository's in a checkout, "
+                            "else the working directory's)")
+    p_ver.add_argument("--fresh", action="store_true", help="replace verdicts.csv even when it holds more verdicts")
+    return parser
+
+
+def _verdicts(parser, args) -> int:
+    from kaf.experiments.verdicts import compute_verdicts
+
+    folder = Path(args.results) if args.results else results_dir()
+    print(f"reading the result tables in {folder.resolve()}", flush=True)
+    if not folder.is_dir():
+        parser.error(f"there is no folder {str(folder)!r} of result tables: give one with --results, or make it with "
+                     f"`python -m kaf.experiments run NAME` (or reproduce)")
+    # a few verdicts are closed forms that need no table: without any table the file would be
+    # made from no data at all
+    if not any(p.name != "verdicts.csv" for p in folder.glob("*.csv*")):
+        return _error(f"no result tables in {folder}, so no verdict; nothing written")
+    table = compute_verdicts(folder)
+    refused = _write_verdicts(folder, table, args.fresh)
+    if refused:
+        return _error(refused)
+    print(table[["claim_id", "verdict"]].to_string(index=False))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -177,19 +307,24 @@ def main(argv=None) -> int:
             print(f"{name:12s} {exp.title}  [{exp.chapter}]")
         return 0
     if args.command == "verdicts":
-        from kaf.experiments.verdicts import write_verdicts
+        return _verdicts(parser, args)
 
-        folder = Path(args.results) if args.results else results_dir()
-        table = write_verdicts(folder)
-        print(table[["claim_id", "verdict"]].to_string(index=False))
-        return 0
-
-    if args.device and args.device.startswith("cuda") and not args.dask and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch.cuda.is_available() is False on this machine")
-    scale = get_scale(args.scale)
+    # every option is checked before any work
+    try:
+        scale = get_scale(args.scale)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.device and not args.dask and (why := _unavailable(args.device)):
+        parser.error(f"argument --device: {args.device}: {why}")
     out = Path(args.out) if args.out else default_out(scale)
     names = [args.name] if args.command == "run" else (args.only or list(registry.EXPERIMENTS))
     jobs = args.jobs or 1
+    print(f"writing into {out.resolve()}", flush=True)
+    if args.device:
+        for name in names:
+            if registry.EXPERIMENTS[name].compute is not None:
+                print(f"{name}: its computed table does not train and runs on the CPU; --device {args.device} "
+                      f"applies to its training runs only", flush=True)
     # the code that runs is the code at the start (edits made while it runs do not count)
     commit = _git_commit()
     start = time.perf_counter()
@@ -221,8 +356,9 @@ def main(argv=None) -> int:
         prov["csv_sha256"] = _csv_checksums(out)
         text = json.dumps(prov, indent=2) + "\n"
         atomic_write(out / "provenance.json", lambda tmp: tmp.write_text(text))
-        verdicts = compute_verdicts(out)
-        atomic_write(out / "verdicts.csv", lambda tmp: verdicts.to_csv(tmp, index=False))
+        refused = _write_verdicts(out, compute_verdicts(out), args.fresh)
+        if refused:
+            return _error(refused)
         print(f"reproduce ({scale}): {wall:.1f} s; provenance and verdicts in {out}")
     return 0
 

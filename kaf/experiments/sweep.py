@@ -8,7 +8,8 @@ holds, so it may run anywhere and in any order. :func:`run_sweep` executes the t
 * one after another in this process (``jobs=1``, the default),
 * on ``jobs`` local worker processes (:class:`concurrent.futures.ProcessPoolExecutor`;
   the workers are forks of a fork server that has imported torch and kaf, or spawned
-  where there is no fork server), or
+  where there is no fork server; the sweep loads each data set once, while the fork
+  server starts, and hands it to every worker), or
 * on an existing Dask distributed cluster (``dask="tcp://host:8786"``: the scheduler
   decides which worker runs what; this module only submits and collects),
 
@@ -19,7 +20,8 @@ serial runs.
 
 Resuming: with an output folder, every finished task is written at once to
 ``<out>/runs/<experiment>/<digest>.pkl.gz`` (written to a temporary file and renamed, so a
-kill never leaves a half-written record), where the digest is a hash of the task
+kill never leaves a half-written record; a record damaged otherwise, say by a power cut,
+fails gzip's check sum and is recomputed), where the digest is a hash of the task
 (:func:`task_digest`). A later sweep reuses a record when its task digest and its code
 digest (:data:`CODE_DIGEST`: a hash of the ``kaf`` sources that affect results and of the
 versions of torch, numpy, pandas, scipy and scikit-learn) both match; ``fresh=True``
@@ -65,9 +67,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kaf.experiments.config import ExperimentConfig
-from kaf.experiments.train import prepare, run
+from kaf.experiments.train import data_args, prepare, run
 
-__all__ = ["Task", "SweepError", "SweepResult", "RunCache", "run_sweep", "task_digest", "code_digest",
+__all__ = ["Task", "SweepError", "SweepResult", "RunCache", "run_sweep", "run_many", "task_digest", "code_digest",
            "CODE_DIGEST", "TIMING_COLUMNS", "CRASH_LIMIT", "RUNS_FOLDER", "estimate_seconds", "write_table",
            "check_output_folder", "connect_dask", "atomic_write"]
 
@@ -83,10 +85,11 @@ _RECORD_FORMAT = 1
 _SUFFIX = ".pkl.gz"
 _TMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
-#: sources of kaf that cannot change a result (reading, plotting, judging, running tables)
+#: sources of kaf that cannot change a result (reading, plotting, judging tables; the command line).
+#: This module is not one of them: execute() sets the number of threads, which changes rounding.
 _RESULT_NEUTRAL = frozenset({
-    "experiments/__main__.py", "experiments/sweep.py", "experiments/plots.py", "experiments/verdicts.py",
-    "experiments/analysis.py",
+    "experiments/__main__.py", "experiments/plots.py", "experiments/verdicts.py", "experiments/analysis.py",
+    "experiments/reading.py", "experiments/phrasing.py",
 })
 #: folders of the package whose files never change a result (the book's views)
 _RESULT_NEUTRAL_DIRS = ("viz/",)
@@ -96,7 +99,7 @@ def code_digest() -> str:
     """Hash of the ``kaf`` sources that can change a result and of the numerical libraries' versions.
 
     Every ``*.py`` file of the package and the C++ source of the fused estimator kernel count
-    except those in ``_RESULT_NEUTRAL`` (CLI, sweep machinery, plots, verdicts, table reading,
+    except those in ``_RESULT_NEUTRAL`` (CLI, plots, verdicts, table reading,
     the interactive views in ``kaf/viz/``); a new module counts by default. So does the
     estimator's backend as asked for by ``KAF_NW_BACKEND`` (the fused kernel and the eager
     path agree to rounding, which a long training run can amplify).
@@ -217,11 +220,17 @@ _RUN_LOCK = threading.Lock()
 # data loaded by this worker process, reused by its later runs (a few entries: MNIST is large)
 _PREPARED: collections.OrderedDict = collections.OrderedDict()
 _PREPARED_MAX = 8
+# data sets handed over by the sweep that started this local worker: {data key: kaf.data.Dataset}
+_DATASETS: dict = {}
 
 
 def _data_key(config: ExperimentConfig) -> tuple:
     return (config.dataset, config.data_seed, config.model, config.device, config.y_multiplier,
             config.target_transform, config.loss)
+
+
+def _dataset_key(config: ExperimentConfig) -> tuple:
+    return tuple(sorted(data_args(config).items()))
 
 
 def _prepared(config: ExperimentConfig, cache):
@@ -230,7 +239,7 @@ def _prepared(config: ExperimentConfig, cache):
         if isinstance(cache, collections.OrderedDict):
             cache.move_to_end(key)
         return cache[key]
-    prep = prepare(config)
+    prep = prepare(config, _DATASETS.get(_dataset_key(config)))
     cache[key] = prep
     if isinstance(cache, collections.OrderedDict) and len(cache) > _PREPARED_MAX:
         cache.popitem(last=False)
@@ -270,8 +279,11 @@ def execute(task: Task, data_cache: dict | None = None) -> dict:
 # ----------------------------------------------------------------------------- files
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` then rename ``tmp`` over ``path``: readers see the old file or the whole new one."""
+def atomic_write(path: Path, write: Callable[[Path], object], durable: bool = True) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``path``: readers see the old file or the whole new one.
+
+    ``durable``: flush the file to the disk before the rename, so that even a power cut leaves the
+    old file or the new one (a few milliseconds per file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a new name in the same folder (the rename stays on one file system), created with the
     # permissions any file gets here (tempfile.mkstemp would make it private to this user)
@@ -279,8 +291,9 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp.open("xb").close()
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -290,6 +303,28 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` as gzip CSV (mtime 0: the same table gives the same bytes), atomically."""
     atomic_write(Path(path), lambda tmp: df.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
+
+
+def table_rows(path: str | Path) -> int | None:
+    """Rows of the table at ``path`` (``None`` when there is no readable table there)."""
+    try:
+        return len(pd.read_csv(path, usecols=[0]))
+    except (OSError, ValueError, EOFError, pd.errors.ParserError):
+        return None
+
+
+def _losing_rows(path: Path, rows: int, most: bool = False) -> str | None:
+    """Why writing a table of ``rows`` rows (``most``: at most) over ``path`` would lose results, or ``None``."""
+    old = table_rows(path)
+    if old is not None and old > rows:
+        return f"{path} holds {old} rows and this sweep makes {'at most ' if most else ''}{rows}"
+    return None
+
+
+def _refuse_losing_rows(reasons: list) -> None:
+    if reasons:
+        raise SweepError("not overwritten, that would lose results: " + "; ".join(reasons)
+                         + ". Choose another --out, or pass --fresh (fresh=True) to recompute and replace them")
 
 
 def check_output_folder(out: str | Path) -> Path:
@@ -350,7 +385,9 @@ class RunCache:
             with gzip.open(tmp, "wb", compresslevel=3) as fh:
                 pickle.dump(record, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
-        atomic_write(self.path(task), dump)
+        # not flushed to the disk: a record is a cache that read() checks, and a flush per run
+        # (milliseconds) is what a sweep of short runs would wait for
+        atomic_write(self.path(task), dump, durable=False)
 
     def lock(self) -> None:
         """Hold this folder for one sweep at a time; remove temporary files left by a killed one."""
@@ -431,8 +468,9 @@ def _watch_sweep(sweep_pid: int) -> None:
     os._exit(1)
 
 
-def _init_local_worker(sweep_pid: int) -> None:
+def _init_local_worker(sweep_pid: int, datasets: bytes) -> None:
     torch.set_num_threads(1)
+    _DATASETS.update(pickle.loads(datasets))
     if os.name == "posix":
         threading.Thread(target=_watch_sweep, args=(sweep_pid,), daemon=True).start()
 
@@ -440,23 +478,49 @@ def _init_local_worker(sweep_pid: int) -> None:
 def _mp_context():
     """``forkserver`` where there is one (workers start as forks of a process that has already
     imported torch and kaf: a pool restarts in milliseconds), else ``spawn``; never a plain
-    ``fork`` of this process, whose threads and state a worker must not inherit."""
+    ``fork`` of this process, whose threads and state a worker must not inherit. The fork
+    server is started here, so that it imports while this process goes on."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        # torch._dynamo: the first optimizer imports it, which costs seconds in every new process
-        ctx.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
+        # torch._dynamo: the first optimizer imports it, which costs seconds in every new process;
+        # kaf.data (scikit-learn, SciPy): a worker unpickling the sweep's data sets needs it
+        ctx.set_forkserver_preload(["__main__", __name__, "torch._dynamo", "kaf.data"])
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
         return ctx
     return multiprocessing.get_context("spawn")
 
 
+def _load_datasets(todo) -> bytes:
+    """Every data set the training runs of ``todo`` need, loaded once here (at the same time:
+    a data set offline waits seconds for the network to fail), pickled for the workers.
+
+    A worker that loaded its own would wait for the same network, parse the same files, and
+    might even get other data than its neighbour if the network came or went meanwhile."""
+    configs = {_dataset_key(t.config): t.config for t in todo if t.config is not None}
+    if not configs:
+        return pickle.dumps({})
+    from kaf.data import load_dataset
+
+    # one filter for all the threads (catch_warnings in each would restore each other's filters);
+    # a fallback is recorded in the data's label, as load_data() does
+    with warnings.catch_warnings(), cf.ThreadPoolExecutor(max_workers=len(configs)) as threads:
+        warnings.simplefilter("ignore")
+        loaded = dict(zip(configs, threads.map(lambda c: load_dataset(**data_args(c)), configs.values())))
+    # plain pickle: tensors by value (ForkingPickler would put them in shared memory, which a
+    # container may cap far below the size of MNIST)
+    return pickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class _LocalPool:
-    def __init__(self, jobs: int):
-        self.jobs = jobs
+    def __init__(self, jobs: int, ctx, datasets: bytes):
+        self.jobs, self._ctx, self._datasets = jobs, ctx, datasets
         self._pool = None
 
     def start(self):
-        self._pool = cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=_mp_context(),
-                                            initializer=_init_local_worker, initargs=(os.getpid(),))
+        self._pool = cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=self._ctx,
+                                            initializer=_init_local_worker, initargs=(os.getpid(), self._datasets))
 
     def submit(self, task):
         return self._pool.submit(execute, task)
@@ -467,14 +531,20 @@ class _LocalPool:
             self._pool = None
 
 
+#: tasks in flight per local worker: one running and one waiting, so that a worker goes on at once
+#: while this process records the run it has just finished
+_DEPTH = 2
+
+
 def _run_local(todo, jobs, handle, fail):
-    """Fan ``todo`` out over ``jobs`` processes; at most ``jobs`` tasks are in flight, so the
-    runs lost with a dead worker are exactly those in flight."""
+    """Fan ``todo`` out over ``jobs`` processes, at most ``_DEPTH * jobs`` tasks in flight; a
+    worker's death loses those, and each is then rerun alone to find the one that killed it."""
     pending = collections.deque(todo)
     suspects: collections.deque = collections.deque()  # were in flight when a worker died: rerun alone
     crashes: collections.Counter = collections.Counter()
     inflight: dict = {}
-    pool = _LocalPool(jobs)
+    ctx = _mp_context()
+    pool = _LocalPool(jobs, ctx, _load_datasets(todo))
     pool.start()
 
     def submit(task, queue) -> bool:
@@ -509,7 +579,7 @@ def _run_local(todo, jobs, handle, fail):
                 if not inflight:
                     submit(suspects.popleft(), suspects)
             else:
-                while pending and len(inflight) < jobs and submit(pending.popleft(), pending):
+                while pending and len(inflight) < _DEPTH * jobs and submit(pending.popleft(), pending):
                     pass
             alone = len(inflight) == 1
             done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
@@ -535,25 +605,82 @@ def _run_local(todo, jobs, handle, fail):
         pool.close(broken=True)
 
 
+def check_dask_address(address) -> str:
+    """``address`` if it reads as a Dask scheduler address (``tcp://HOST:PORT``, ``HOST:PORT``, ...),
+    else :class:`ValueError` naming ``dask``; nothing is contacted."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"dask must be the address of a Dask scheduler, e.g. tcp://HOST:8786, got {address!r}")
+    try:
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+    except ImportError:  # pragma: no cover - distributed is in requirements.txt
+        raise ValueError("dask needs the `distributed` package (pip install distributed)") from None
+
+    try:
+        from distributed.comm.registry import backends
+
+        scheme, location = parse_address(address if "://" in address else f"tcp://{address}")
+        if scheme not in backends:
+            raise ValueError(f"the protocol {scheme!r} is none of {sorted(backends)}")
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError(f"host {host!r}, port {port!r}")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"dask must be the address of a Dask scheduler, e.g. tcp://HOST:8786, got {address!r} "
+                         f"({err})") from None
+    return address
+
+
 def connect_dask(address: str, timeout: float = DASK_CONNECT_TIMEOUT):
     """A :class:`distributed.Client` of the scheduler at ``address``; :class:`SweepError` within
-    ``timeout`` seconds when it cannot be reached."""
+    about ``timeout`` seconds when it cannot be reached or does not answer as a scheduler."""
     try:
         from distributed import Client
         from distributed.comm import parse_address
         from distributed.comm.addressing import parse_host_port
     except ImportError as err:  # pragma: no cover - distributed is in requirements.txt
         raise SweepError("--dask needs the `distributed` package (pip install distributed)") from err
+    help_ = "start one with `dask scheduler` and give its address, e.g. tcp://HOST:8786"
     try:
+        check_dask_address(address)
         scheme, location = parse_address(address if "://" in address else f"tcp://{address}")
         if scheme in ("tcp", "tls"):
             # refuse fast: a Client would retry a refused connection until its timeout
             host, port = parse_host_port(location)
             socket.create_connection((host, port), timeout=timeout).close()
-        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, ValueError, TypeError) as err:
-        raise SweepError(f"cannot reach a Dask scheduler at {address!r} ({type(err).__name__}: {err}); start one "
-                         f"with `dask scheduler` and give its address, e.g. tcp://HOST:8786") from err
+        raise SweepError(f"cannot reach a Dask scheduler at {address!r} ({type(err).__name__}: {err}); "
+                         f"{help_}") from err
+    # The Client's own timeout does not bound everything: a server that accepts and never
+    # answers, or one that speaks another protocol (HTTP), can keep it waiting or reading a
+    # nonsense frame length. So it is made in a thread, and given up on at the deadline.
+    made: dict = {}
+
+    def make():
+        try:
+            made["client"] = Client(address, timeout=timeout, set_as_default=False)
+        except BaseException as err:  # reported below, in the caller's thread
+            made["error"] = err
+
+    maker = threading.Thread(target=make, daemon=True, name="kaf-dask-connect")
+    maker.start()
+    maker.join(timeout + 2.0)
+    if maker.is_alive():
+        # the client, if it is ever made, is closed by the thread that made it
+        def close_when_made() -> None:
+            maker.join()
+            if made.get("client") is not None:
+                made["client"].close()
+
+        threading.Thread(target=close_when_made, daemon=True).start()
+        raise SweepError(f"the server at {address!r} accepted the connection but did not answer as a Dask "
+                         f"scheduler within {timeout:g} s; {help_}")
+    if "error" in made:
+        failure = made["error"]
+        raise SweepError(f"the server at {address!r} did not answer as a Dask scheduler ({type(failure).__name__}: "
+                         f"{str(failure)[:200]}); {help_}") from failure
+    return made["client"]
 
 
 def _run_dask(todo, address, handle, fail):
@@ -633,11 +760,22 @@ def run_sweep(experiments: dict, *, out: str | Path | None = None, jobs: int = 1
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     if dask is not None and jobs != 1:
         raise ValueError(f"jobs and dask exclude each other (the cluster decides), got jobs={jobs!r}, dask={dask!r}")
+    if dask is not None:
+        check_dask_address(dask)
     start = time.perf_counter()
     backend = f"dask {dask}" if dask else ("processes" if jobs > 1 else "serial")
     cache = None
     if out is not None:
         out = check_output_folder(out)
+        if not fresh:
+            # a run writes one row per epoch (fewer if it diverges): a sweep that can only make a
+            # smaller training table than the one in ``out`` is refused before it starts
+            most: collections.Counter = collections.Counter()
+            for tasks in experiments.values():
+                for task in {t.digest: t for t in tasks if t.config is not None}.values():
+                    most[task.experiment] += task.config.epochs
+            _refuse_losing_rows([r for name, rows in most.items()
+                                 if (r := _losing_rows(out / f"{name}.csv.gz", rows, most=True)) is not None])
         cache = RunCache(out)
         cache.lock()
     try:
@@ -686,6 +824,7 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
     bar = tqdm(total=len(unique), initial=reused, desc=desc, unit="run", disable=not progress, smoothing=0.05)
 
     seen_data: dict = {}
+    kept: list = []  # tables in ``out`` not overwritten: they hold more rows than the new ones
 
     def finish(name):
         tables = _assemble(experiments[name], outcomes)
@@ -693,6 +832,9 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
         result.tables[name] = tables
         if out is not None:
             for table_name, df in tables.items():
+                if not fresh and (reason := _losing_rows(out / f"{table_name}.csv.gz", len(df))) is not None:
+                    kept.append(reason)
+                    continue
                 try:
                     write_table(df, out / f"{table_name}.csv.gz")
                 except OSError as err:  # a full disk, a folder removed under the sweep
@@ -755,7 +897,23 @@ def _sweep(experiments, out, cache, jobs, dask, fresh, progress, desc, on_experi
     result.run_cpu_seconds = sum(o.get("cpu_seconds", math.nan) for o in outcomes.values())
     if failures:
         lines = [f"  {task.label()}\n    {type(err).__name__}: {err}" for task, err in failures]
-        kept = f"; the {len(outcomes)} finished runs are kept in {cache.folder}" if cache is not None else ""
+        kept_runs = f"; the {len(outcomes)} finished runs are kept in {cache.folder}" if cache is not None else ""
         raise SweepError(f"{len(failures)} of {len(unique)} runs failed (no table written for "
-                         f"{sorted(failed_experiments)}{kept}):\n" + "\n".join(lines), failures) from failures[0][1]
+                         f"{sorted(failed_experiments)}{kept_runs}):\n" + "\n".join(lines), failures) from failures[0][1]
+    _refuse_losing_rows(kept)
     return result
+
+
+def run_many(configs, *, progress: bool = True, desc: str = "runs", jobs: int = 1, dask: str | None = None) -> pd.DataFrame:
+    """Run a list of configs (a sweep) and concatenate their tables in list order; one tqdm bar over runs.
+
+    ``jobs`` > 1 fans the runs out over that many local processes, ``dask`` submits them to
+    the Dask scheduler at that address (see :func:`run_sweep`); the table is the same either
+    way (only the timing columns differ between executions). Data are loaded once per
+    distinct (dataset, data_seed, model, device, y_multiplier, target_transform, loss) in
+    each process.
+    """
+    # one table name for every run, whatever their config names: the rows stay in list order
+    tasks = [Task("runs", config=c) for c in configs]
+    result = run_sweep({"runs": tasks}, jobs=jobs, dask=dask, progress=progress, desc=desc)
+    return result.tables["runs"].get("runs", pd.DataFrame())

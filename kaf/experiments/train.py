@@ -42,12 +42,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kaf import nn as knn
-from kaf.data import load_dataset
 from kaf.estimators import PROB_TRIM, bernoulli_nll
 from kaf.experiments.config import ExperimentConfig
 from kaf.experiments.models import Network, build_network
 
-__all__ = ["run", "run_many", "prepare", "Prepared", "kaf_nll", "SATURATION_SLOPE", "EVAL_CHUNK", "EVAL_TRAIN_MAX"]
+__all__ = ["run", "prepare", "Prepared", "kaf_nll", "SATURATION_SLOPE", "EVAL_CHUNK", "EVAL_TRAIN_MAX"]
 
 #: a link slope below this counts as saturated (for the sigmoid: :math:`|z| \gtrsim 6.9`).
 SATURATION_SLOPE = 1e-3
@@ -58,16 +57,32 @@ EVAL_TRAIN_MAX = 1000
 EVAL_CHUNK = 1024
 
 
+def data_args(config: ExperimentConfig) -> dict:
+    """The arguments of :func:`kaf.data.load_dataset` that give the data of ``config``."""
+    return dict(name=config.dataset, seed=config.data_seed, flatten=config.model != "cnn")
+
+
+def load_data(config: ExperimentConfig):
+    """The :class:`kaf.data.Dataset` of ``config`` (a fallback is recorded in ``info.label()``, not warned)."""
+    # imported here: scikit-learn and SciPy take a second and more to import, and a sweep
+    # fanned out over processes never loads data in its own
+    from kaf.data import load_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_dataset(**data_args(config))
+
+
 class Prepared:
     """Data of one config, ready for training: inputs, the targets the network regresses,
-    raw targets for metrics, and the map from network output back to raw units."""
+    raw targets for metrics, and the map from network output back to raw units.
 
-    def __init__(self, config: ExperimentConfig):
+    ``dataset``: the config's :class:`kaf.data.Dataset` if already loaded (see :func:`load_data`).
+    """
+
+    def __init__(self, config: ExperimentConfig, dataset=None):
         device = torch.device(config.device)
-        with warnings.catch_warnings():
-            # the fallback is recorded in info.label(); one warning per process is enough
-            warnings.simplefilter("ignore")
-            ds = load_dataset(config.dataset, seed=config.data_seed, flatten=config.model != "cnn")
+        ds = dataset if dataset is not None else load_data(config)
         self.info = ds.info
         self.task = ds.info.task
         self.X_train = ds.X_train.to(device)
@@ -103,9 +118,9 @@ class Prepared:
         return out * self.scale + self.shift
 
 
-def prepare(config: ExperimentConfig) -> Prepared:
-    """Load and preprocess the data of ``config`` (see :class:`Prepared`)."""
-    return Prepared(config)
+def prepare(config: ExperimentConfig, dataset=None) -> Prepared:
+    """Load (unless ``dataset`` is given) and preprocess the data of ``config`` (see :class:`Prepared`)."""
+    return Prepared(config, dataset)
 
 
 def _make_optimizer(config: ExperimentConfig, params):
@@ -240,8 +255,8 @@ def _run(config, device, progress, return_model, prepared):
         m = config.calc_size or prep.n_train
         if m > prep.n_train:
             raise ValueError(f"calc_size must be <= the {prep.n_train} training rows, got {config.calc_size}")
-        # stratifying needs class labels; a regression target gets a random subset
-        # stratified on a regression target means quantile strata (kaf.nn.select_calc)
+        # "stratified" keeps the class proportions of a classification target and takes one
+        # row per quantile stratum of a regression target (kaf.nn.select_calc)
         policy = config.calc_policy
         labels = prep.labels_train if prep.task == "classification" else prep.T_train[:, 0]
         idx = knn.select_calc(labels.cpu(), m, policy=policy, seed=config.seed).to(device)
@@ -318,19 +333,3 @@ def _run(config, device, progress, return_model, prepared):
         return table, net, prep
     return table
 
-
-def run_many(configs, *, progress: bool = True, desc: str = "runs", jobs: int = 1, dask: str | None = None) -> pd.DataFrame:
-    """Run a list of configs (a sweep) and concatenate their tables in list order; one tqdm bar over runs.
-
-    ``jobs`` > 1 fans the runs out over that many local processes, ``dask`` submits them to
-    the Dask scheduler at that address (see :mod:`kaf.experiments.sweep`); the table is the
-    same either way (only the timing columns differ between executions). Data are loaded
-    once per distinct (dataset, data_seed, model, device, y_multiplier, target_transform,
-    loss) in each process.
-    """
-    from kaf.experiments.sweep import Task, run_sweep
-
-    # one table name for every run, whatever their config names: the rows stay in list order
-    tasks = [Task("runs", config=c) for c in configs]
-    result = run_sweep({"runs": tasks}, jobs=jobs, dask=dask, progress=progress, desc=desc)
-    return result.tables["runs"].get("runs", pd.DataFrame())
