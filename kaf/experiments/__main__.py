@@ -170,6 +170,11 @@ def main(argv=None) -> int:
                        help="a subset of experiments")
     p_ver = sub.add_parser("verdicts", help="write verdicts.csv from the result tables")
     p_ver.add_argument("--results", default=None, help="folder with the result CSVs (default results/)")
+    # --- portable check (logic in kaf.experiments.verdicts.check_portable) ---
+    p_ver.add_argument("--check-portable", nargs="*", default=None, choices=sorted(registry.EXPERIMENTS), metavar="NAME",
+                       help="first re-run NAME (default: the knife-edge experiments) under torch's portable kernels "
+                            "and weigh every verdict against that second execution")
+    p_ver.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="processes for --check-portable")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -180,6 +185,10 @@ def main(argv=None) -> int:
         from kaf.experiments.verdicts import write_verdicts
 
         folder = Path(args.results) if args.results else results_dir()
+        if args.check_portable is not None:
+            from kaf.experiments.verdicts import check_portable
+
+            check_portable(folder, args.check_portable or None, jobs=args.jobs)
         table = write_verdicts(folder)
         print(table[["claim_id", "verdict"]].to_string(index=False))
         return 0
