@@ -75,11 +75,13 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
 def compare_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_metric") -> pd.DataFrame:
     """Per run (same configuration and seed) the final ``value`` of two executions ``a`` and ``b``
     of one experiment: columns ``a``, ``b``, ``diverged_a``, ``diverged_b``, ``difference`` (b − a)
-    and ``identical`` (bit-equal, or both diverged). Runs present in only one execution are left out.
+    and ``identical`` (bit-equal, or both diverged), and ``metric`` where the tables name it. Runs
+    present in only one execution are left out.
     """
     keys = [k for k in _run_keys(a) if k in b.columns]
     fa, fb = final_rows(a), final_rows(b)
-    left = fa[keys + [value, "diverged"]].rename(columns={value: "a", "diverged": "diverged_a"})
+    extra = ["metric"] if "metric" in fa.columns else []
+    left = fa[keys + extra + [value, "diverged"]].rename(columns={value: "a", "diverged": "diverged_a"})
     right = fb[keys + [value, "diverged"]].rename(columns={value: "b", "diverged": "diverged_b"})
     # a column that is empty in every run (tags) reads back as NaN: match it as text
     for col in keys:

@@ -1068,6 +1068,18 @@ def knife_edge(folder: str | Path | None = None, widen: float | None = None) -> 
     return names
 
 
+def _cpu() -> str | None:
+    """This machine's CPU model and widest vector extension (where /proc/cpuinfo says)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    widest = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    return f"{model} ({widest})" if model else None
+
+
 def import_portable(execution: str | Path, folder: str | Path | None = None, command: str | None = None) -> dict:
     """Keep a portable execution's tables (the output folder of a ``reproduce`` run under
     :data:`PORTABLE_ENV`) as ``<folder>/portable/``: each table in :func:`~kaf.experiments.analysis.compact`
@@ -1102,6 +1114,7 @@ def import_portable(execution: str | Path, folder: str | Path | None = None, com
         "git_commit": prov.get("git_commit"),
         "date_utc": prov.get("date_utc"),
         "platform": prov.get("platform"),
+        "cpu": _cpu(),  # imported where it ran (check_portable does both)
         "tables": [p.name.split(".")[0] for p in tables],
         "runs": prov.get("runs"),
         "run_cpu_time_s": prov.get("run_cpu_time_s"),
