@@ -1087,6 +1087,7 @@ def import_portable(execution: str | Path, folder: str | Path | None = None, com
     was made and which verdicts were weighed against it, and rewrites ``<folder>/verdicts.csv``.
     Returns that record."""
     import json
+    import os
 
     from kaf.experiments import results_dir
     from kaf.experiments.analysis import compact
@@ -1110,12 +1111,14 @@ def import_portable(execution: str | Path, folder: str | Path | None = None, com
         "what": "a second execution under torch's portable CPU kernels; a verdict that differs from the "
                 "native one, or clears a threshold by less than the two executions differ, is inconclusive",
         "command": command or prov.get("command"),
-        "environment": PORTABLE_ENV,
+        # the estimator's backend is inherited: it should be the one the native results were made with
+        "environment": {**PORTABLE_ENV, "KAF_NW_BACKEND": os.environ.get("KAF_NW_BACKEND", "auto")},
         "git_commit": prov.get("git_commit"),
         "date_utc": prov.get("date_utc"),
         "platform": prov.get("platform"),
         "cpu": _cpu(),  # imported where it ran (check_portable does both)
-        "tables": [p.name.split(".")[0] for p in tables],
+        # every table kept, from this execution or an earlier one of other experiments
+        "tables": sorted(p.name.split(".")[0] for p in target.glob("*.csv.gz")),
         "runs": prov.get("runs"),
         "run_cpu_time_s": prov.get("run_cpu_time_s"),
         "experiment_run_time_s": prov.get("experiment_run_time_s"),
@@ -1134,7 +1137,9 @@ def check_portable(folder: str | Path | None = None, experiments=None, jobs: int
     """Re-run ``experiments`` (default: :func:`knife_edge`) under torch's portable kernels
     (:data:`PORTABLE_ENV`, which must be set before torch starts: the runs go to a child process)
     at the scale of ``folder``'s results, weigh every verdict against them (:func:`import_portable`)
-    and return the new verdicts. ``work`` keeps the run records (resumable; default: a temporary
+    and return the new verdicts. The estimator's backend (``KAF_NW_BACKEND``) is this process's: run
+    it with the one the native results were made with (``eager`` for results older than the fused
+    kernel), so that the two executions differ in their rounding alone. ``work`` keeps the run records (resumable; default: a temporary
     folder); ``jobs`` local processes run them.
     """
     import json
