@@ -268,6 +268,17 @@ def test_knife_edge_lists_the_experiments_whose_verdicts_a_wider_interval_change
         verdicts.knife_edge(tmp_path, widen=-1.0)
 
 
+def test_measured_widening_is_the_largest_shift_in_half_widths(tmp_path):
+    _singular(0.3).to_csv(tmp_path / "singular.csv", index=False)
+    assert math.isnan(verdicts.measured_widening(tmp_path))  # no second execution
+    (tmp_path / "portable").mkdir()
+    _singular(0.29).to_csv(tmp_path / "portable" / "singular.csv", index=False)
+    # init scale 16 moved by 0.01 at both ends; init scale 1 (identical rows) did not move
+    t = _singular(0.3).query("init_scale == 16").set_index("seed")
+    c = verdicts.difference(t[t.output == "kaf"].test_metric, t[t.output == "sigmoid"].test_metric)
+    assert verdicts.measured_widening(tmp_path) == pytest.approx(0.01 / ((c.high - c.low) / 2))
+
+
 def test_check_portable_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="experiments must be"):
         verdicts.check_portable(tmp_path, ["no_such_experiment"])
