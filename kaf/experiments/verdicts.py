@@ -1101,7 +1101,9 @@ def import_portable(execution: str | Path, folder: str | Path | None = None, com
         raise FileNotFoundError(f"execution must be a reproduce output folder with result tables, {execution} has none")
     for path in tables:
         name = path.name.split(".")[0]
-        compact(load(name, execution)).to_csv(target / f"{name}.csv.gz", index=False)
+        # gzip without a time stamp: the same tables give the same bytes
+        compact(load(name, execution)).to_csv(target / f"{name}.csv.gz", index=False,
+                                              compression={"method": "gzip", "mtime": 0})
     prov_path = execution / "provenance.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     if prov:
