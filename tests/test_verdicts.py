@@ -195,3 +195,156 @@ def test_lr_verdict_follows_the_stability_intervals(tmp_path, sig_at_10, noise, 
     assert m.loc["kaf", ["max_stable_lr", "max_stable_lr_low", "max_stable_lr_high"]].tolist() == [10.0, 10.0, 10.0]
     if expected == "inconclusive":
         assert (m.loc["sigmoid", "max_stable_lr_low"], m.loc["sigmoid", "max_stable_lr_high"]) == (0.1, 10.0)
+
+
+# --------------------------------------------------------------------------- a second execution (portable kernels)
+
+
+def test_robust_interval_is_the_hull_widened_by_the_shift_of_the_ends():
+    native = Interval(0.2, 0.1, 0.3, 10, "difference")
+    portable = Interval(0.23, 0.15, 0.32, 10, "difference")
+    assert native.shift(portable) == pytest.approx(0.05)  # the lower ends differ by 0.05, the upper by 0.02
+    r = native.robust(portable)
+    assert (r.low, r.high, r.estimate, r.n) == (pytest.approx(0.05), pytest.approx(0.37), 0.2, 10)
+    # a ratio's interval is symmetric on the log scale: its ends move by factors
+    r = Interval(1.0, 0.9, 1.1, 10, "ratio").robust(Interval(1.05, 0.95, 1.2, 10, "ratio"))
+    assert (r.low, r.high) == (pytest.approx(0.9 * 1.1 / 1.2), pytest.approx(1.2 * 1.2 / 1.1))
+    # the same interval twice is robust as it is
+    assert native.robust(native) == native
+    w = Interval(0.0, -0.1, 0.1, 5, "difference").widened(0.5)
+    assert (w.low, w.high) == (pytest.approx(-0.15), pytest.approx(0.15))
+    with pytest.raises(ValueError, match="other must be a difference interval"):
+        native.shift(Interval(1.0, 0.9, 1.1, 10, "ratio"))
+    with pytest.raises(ValueError, match="kind"):
+        Interval(0.0, 0.0, 0.0, 2, "sum")
+
+
+def _singular(gap16, noise=0.005, seeds=10):
+    """Final rows of the singular experiment: K-AF beats the sigmoid by gap16 at init scale 16, ties at 1."""
+    rows = []
+    for seed in range(seeds):
+        common = dict(dataset="wine", optimizer="sgd", lr=0.5, init="normal", seed=seed)
+        for sc, gap in ((1.0, 0.0), (16.0, gap16)):
+            rows += [dict(common, output="sigmoid", init_scale=sc, test_metric=0.6),
+                     dict(common, output="kaf", init_scale=sc, test_metric=0.6 + gap + noise * NOISE[seed])]
+    return _final_rows("singular", rows)
+
+
+@pytest.mark.parametrize("native, portable, verdict, robustness, why", [
+    (0.3, 0.3, "holds", "same", None),                # bit-identical executions
+    (0.3, 0.29, "holds", "same", None),               # 20 points past the 10-point threshold, 1 point apart
+    (0.2, 0.0, "inconclusive", "machine-dependent", "holds with the native kernels, inconclusive with the portable"),
+    # both hold, but the portable one clears the threshold by 0.005 while the executions differ by 0.02
+    (0.125, 0.105, "inconclusive", "machine-dependent", "holds with both kernels, but an interval clears"),
+    (0.3, None, "holds", "unchecked", None),          # no second execution
+])
+def test_a_verdict_that_the_second_execution_does_not_confirm_is_machine_dependent(
+        tmp_path, native, portable, verdict, robustness, why):
+    _singular(native).to_csv(tmp_path / "singular.csv", index=False)
+    if portable is not None:
+        (tmp_path / "portable").mkdir()
+        _singular(portable).to_csv(tmp_path / "portable" / "singular.csv", index=False)
+    v = verdicts.compute_verdicts(tmp_path).set_index("claim_id")
+    assert (v.verdict["thesis-5"], v.robustness["thesis-5"]) == (verdict, robustness)
+    ev = v.evidence["thesis-5"]
+    if why is None:
+        assert ev == verdicts.compute_verdicts(tmp_path, portable=False).set_index("claim_id").evidence["thesis-5"]
+    else:
+        assert ev.startswith(f"machine-dependent: {why}")
+        # both executions' intervals are in the evidence
+        native_c = verdicts.difference(*(_singular(native).query("init_scale == 16").set_index("seed")
+                                         .groupby("output").test_metric.get_group(o) for o in ("kaf", "sigmoid")))
+        assert f"Native kernels: final wine" in ev and f"K-AF − sigmoid {native_c}" in ev and "Portable kernels:" in ev
+    # the FluidReLU checks read no result table: nothing to weigh
+    assert v.robustness["fluid-limits"] == "unchecked"
+
+
+def test_knife_edge_lists_the_experiments_whose_verdicts_a_wider_interval_changes(tmp_path):
+    # the 10-point threshold is 0.025 from the interval (half-width about 0.003)
+    _singular(0.125).to_csv(tmp_path / "singular.csv", index=False)
+    assert verdicts.knife_edge(tmp_path, widen=1.0) == []
+    assert verdicts.knife_edge(tmp_path, widen=10.0) == ["singular"]
+    with pytest.raises(ValueError, match="widen"):
+        verdicts.knife_edge(tmp_path, widen=-1.0)
+
+
+def test_measured_widening_is_the_largest_shift_in_half_widths(tmp_path):
+    _singular(0.3).to_csv(tmp_path / "singular.csv", index=False)
+    assert math.isnan(verdicts.measured_widening(tmp_path))  # no second execution
+    (tmp_path / "portable").mkdir()
+    _singular(0.29).to_csv(tmp_path / "portable" / "singular.csv", index=False)
+    # init scale 16 moved by 0.01 at both ends; init scale 1 (identical rows) did not move
+    t = _singular(0.3).query("init_scale == 16").set_index("seed")
+    c = verdicts.difference(t[t.output == "kaf"].test_metric, t[t.output == "sigmoid"].test_metric)
+    assert verdicts.measured_widening(tmp_path) == pytest.approx(0.01 / ((c.high - c.low) / 2))
+
+
+def test_check_portable_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="experiments must be"):
+        verdicts.check_portable(tmp_path, ["no_such_experiment"])
+    with pytest.raises(ValueError, match="jobs"):
+        verdicts.check_portable(tmp_path, ["singular"], jobs=0)
+
+
+def _epochs(table, epochs=3):
+    """Every run of ``table`` over ``epochs`` epochs, with epoch times 1, 2, 9 (median 2)."""
+    out = []
+    for e in range(1, epochs + 1):
+        out.append(table.assign(epoch=e, epoch_time=[1.0, 2.0, 9.0][e - 1],
+                                test_metric=table.test_metric - 0.01 * (epochs - e)))
+    return pd.concat(out, ignore_index=True)
+
+
+def test_compact_keeps_what_the_verdicts_read_and_compare_runs_pairs_them():
+    table = _epochs(_singular(0.2))
+    small = analysis.compact(table)
+    assert len(small) == 2 * len(_singular(0.2))  # first and last row of every run
+    pd.testing.assert_frame_equal(analysis.final_rows(small).drop(columns="epoch_time"),
+                                  analysis.final_rows(table).drop(columns="epoch_time"))
+    assert (small.epoch_time == 2.0).all()  # each run's median epoch time
+    assert set(small.epoch) == {1, 3}
+    other = table.copy()
+    other.loc[(other.epoch == 3) & (other.seed == 4) & (other.output == "kaf"), "test_metric"] += 0.5
+    cmp = analysis.compare_runs(table, other)
+    assert len(cmp) == len(_singular(0.2)) and (~cmp.identical).sum() == 2  # seed 4's K-AF run at both scales
+    assert cmp.loc[~cmp.identical, "difference"].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_import_portable_keeps_compact_tables_and_records_the_check(tmp_path):
+    import json
+
+    results, execution = tmp_path / "results", tmp_path / "execution"
+    results.mkdir()
+    execution.mkdir()
+    _epochs(_singular(0.3)).to_csv(results / "singular.csv", index=False)
+    _epochs(_singular(0.29)).to_csv(execution / "singular.csv", index=False)
+    (results / "provenance.json").write_text(json.dumps({"scale": "full"}))
+    (execution / "provenance.json").write_text(json.dumps({"command": "reproduce --only singular",
+                                                           "git_commit": "abc"}))
+    record = verdicts.import_portable(execution, results)
+    assert (results / "portable" / "singular.csv.gz").exists()
+    assert len(analysis.load("singular", results / "portable")) == 2 * len(_singular(0.3))
+    saved = json.loads((results / "provenance.json").read_text())
+    assert saved["scale"] == "full" and saved["portable_check"] == record
+    assert record["verdicts"]["thesis-5"] == "same" and record["environment"]["ATEN_CPU_CAPABILITY"] == "default"
+    assert pd.read_csv(results / "verdicts.csv").set_index("claim_id").robustness["thesis-5"] == "same"
+    with pytest.raises(FileNotFoundError, match="no"):
+        verdicts.import_portable(tmp_path / "empty", results)
+
+
+# --------------------------------------------------------------------------- the committed verdicts are current
+
+
+def test_committed_verdicts_are_what_the_committed_results_give():
+    import io
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "results"
+    committed = pd.read_csv(folder / "verdicts.csv", keep_default_na=False)
+    fresh = pd.read_csv(io.StringIO(verdicts.compute_verdicts(folder).to_csv(index=False)), keep_default_na=False)
+    stale = sorted(set(committed.claim_id) ^ set(fresh.claim_id))
+    if not stale:
+        both = committed.merge(fresh, on="claim_id", suffixes=("", "_now")).set_index("claim_id")
+        stale = [c for c in both.index if any(both.loc[c, k] != both.loc[c, k + "_now"] for k in fresh.columns[1:])]
+    assert not stale, f"results/verdicts.csv is stale for {stale}: run `python -m kaf.experiments verdicts`"
+    pd.testing.assert_frame_equal(committed, fresh)

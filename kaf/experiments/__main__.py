@@ -275,6 +275,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder with the result tables (default results/: the repository's in a checkout, "
                             "else the working directory's)")
     p_ver.add_argument("--fresh", action="store_true", help="replace verdicts.csv even when it holds more verdicts")
+    # --- portable check (logic in kaf.experiments.verdicts.check_portable) ---
+    p_ver.add_argument("--check-portable", nargs="*", default=None, choices=sorted(registry.EXPERIMENTS), metavar="NAME",
+                       help="first re-run NAME (default: the knife-edge experiments) under torch's portable kernels "
+                            "and weigh every verdict against that second execution")
+    p_ver.add_argument("--jobs", type=_int_in(1, MAX_JOBS), default=1, metavar="N", help="processes for --check-portable")
     return parser
 
 
@@ -290,6 +295,10 @@ def _verdicts(parser, args) -> int:
     # made from no data at all
     if not any(p.name != "verdicts.csv" for p in folder.glob("*.csv*")):
         return _error(f"no result tables in {folder}, so no verdict; nothing written")
+    if args.check_portable is not None:
+        from kaf.experiments.verdicts import check_portable
+
+        check_portable(folder, args.check_portable or None, jobs=args.jobs)
     table = compute_verdicts(folder)
     refused = _write_verdicts(folder, table, args.fresh)
     if refused:

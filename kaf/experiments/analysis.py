@@ -21,7 +21,8 @@ import pandas as pd
 
 from kaf.experiments.config import ExperimentConfig
 
-__all__ = ["CONFIG_COLUMNS", "load", "final_rows", "summarize", "mean_ci", "paired_ci", "ratio_ci"]
+__all__ = ["CONFIG_COLUMNS", "load", "final_rows", "compact", "compare_runs", "summarize", "mean_ci", "paired_ci",
+           "ratio_ci"]
 
 #: the columns that identify a run (every field of :class:`ExperimentConfig`)
 CONFIG_COLUMNS = [f.name for f in dataclasses.fields(ExperimentConfig)]
@@ -53,6 +54,44 @@ def final_rows(table: pd.DataFrame) -> pd.DataFrame:
     keys = _run_keys(table)
     ordered = table.sort_values("epoch", kind="stable")
     return ordered.groupby(keys, dropna=False, sort=False).tail(1).reset_index(drop=True)
+
+
+def compact(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of every run that the verdicts read: its first and its last, with ``epoch_time``
+    replaced by the run's median epoch time (so a median over a run's rows is unchanged).
+
+    A second execution of the experiments (:func:`kaf.experiments.verdicts.check_portable`)
+    is kept in this form: a few hundred kilobytes instead of every epoch's row.
+    """
+    keys = _run_keys(table)
+    if "epoch" not in table.columns:  # a table of one row per item (a fit, a grid): nothing to drop
+        return table.reset_index(drop=True)
+    grouped = table.groupby(keys, dropna=False, sort=False)
+    out = table.assign(epoch_time=grouped.epoch_time.transform("median")) if "epoch_time" in table.columns else table
+    ordered = out.sort_values("epoch", kind="stable").groupby(keys, dropna=False, sort=False)
+    return pd.concat([ordered.head(1), ordered.tail(1)]).drop_duplicates().sort_index().reset_index(drop=True)
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_metric") -> pd.DataFrame:
+    """Per run (same configuration and seed) the final ``value`` of two executions ``a`` and ``b``
+    of one experiment: columns ``a``, ``b``, ``diverged_a``, ``diverged_b``, ``difference`` (b − a)
+    and ``identical`` (bit-equal, or both diverged), and ``metric`` where the tables name it. Runs
+    present in only one execution are left out.
+    """
+    keys = [k for k in _run_keys(a) if k in b.columns]
+    fa, fb = final_rows(a), final_rows(b)
+    extra = ["metric"] if "metric" in fa.columns else []
+    left = fa[keys + extra + [value, "diverged"]].rename(columns={value: "a", "diverged": "diverged_a"})
+    right = fb[keys + [value, "diverged"]].rename(columns={value: "b", "diverged": "diverged_b"})
+    # a column that is empty in every run (tags) reads back as NaN: match it as text
+    for col in keys:
+        if left[col].dtype != right[col].dtype:
+            left[col], right[col] = left[col].astype(str), right[col].astype(str)
+    out = left.merge(right, on=keys, how="inner")
+    out["diverged_a"], out["diverged_b"] = out.diverged_a.astype(bool), out.diverged_b.astype(bool)
+    out["difference"] = out.b - out.a
+    out["identical"] = (out.a.to_numpy() == out.b.to_numpy()) | (out.diverged_a & out.diverged_b)
+    return out
 
 
 def summarize(table: pd.DataFrame, by: list, value: str = "test_metric") -> pd.DataFrame:
